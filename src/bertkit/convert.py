@@ -1,0 +1,260 @@
+"""Weights between Google's TensorFlow checkpoints, Hugging Face folders and bertkit folders.
+
+One literal name map serves every direction and the tests:
+
+    bertkit convert --input uncased_L-12_H-768_A-12.zip --output base/
+    bertkit convert --input base/ --output base-hf/ --format hf
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertkit import BertkitError
+from bertkit.checkpoint import is_model_folder, load_model_folder, save_model
+from bertkit.config import BertConfig
+
+# bertkit name, Hugging Face name, Google TF variable. "{i}" is the layer index. Google stores dense
+# kernels as [in, out]; every ".../kernel" is transposed on the way in.
+NAME_MAP: list[tuple[str, str, str]] = [
+    ("bert.embeddings.word.weight", "bert.embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings"),
+    ("bert.embeddings.position.weight", "bert.embeddings.position_embeddings.weight", "bert/embeddings/position_embeddings"),
+    ("bert.embeddings.token_type.weight", "bert.embeddings.token_type_embeddings.weight", "bert/embeddings/token_type_embeddings"),
+    ("bert.embeddings.norm.weight", "bert.embeddings.LayerNorm.weight", "bert/embeddings/LayerNorm/gamma"),
+    ("bert.embeddings.norm.bias", "bert.embeddings.LayerNorm.bias", "bert/embeddings/LayerNorm/beta"),
+    ("bert.layers.{i}.query.weight", "bert.encoder.layer.{i}.attention.self.query.weight", "bert/encoder/layer_{i}/attention/self/query/kernel"),
+    ("bert.layers.{i}.query.bias", "bert.encoder.layer.{i}.attention.self.query.bias", "bert/encoder/layer_{i}/attention/self/query/bias"),
+    ("bert.layers.{i}.key.weight", "bert.encoder.layer.{i}.attention.self.key.weight", "bert/encoder/layer_{i}/attention/self/key/kernel"),
+    ("bert.layers.{i}.key.bias", "bert.encoder.layer.{i}.attention.self.key.bias", "bert/encoder/layer_{i}/attention/self/key/bias"),
+    ("bert.layers.{i}.value.weight", "bert.encoder.layer.{i}.attention.self.value.weight", "bert/encoder/layer_{i}/attention/self/value/kernel"),
+    ("bert.layers.{i}.value.bias", "bert.encoder.layer.{i}.attention.self.value.bias", "bert/encoder/layer_{i}/attention/self/value/bias"),
+    ("bert.layers.{i}.out.weight", "bert.encoder.layer.{i}.attention.output.dense.weight", "bert/encoder/layer_{i}/attention/output/dense/kernel"),
+    ("bert.layers.{i}.out.bias", "bert.encoder.layer.{i}.attention.output.dense.bias", "bert/encoder/layer_{i}/attention/output/dense/bias"),
+    ("bert.layers.{i}.attn_norm.weight", "bert.encoder.layer.{i}.attention.output.LayerNorm.weight", "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma"),
+    ("bert.layers.{i}.attn_norm.bias", "bert.encoder.layer.{i}.attention.output.LayerNorm.bias", "bert/encoder/layer_{i}/attention/output/LayerNorm/beta"),
+    ("bert.layers.{i}.up.weight", "bert.encoder.layer.{i}.intermediate.dense.weight", "bert/encoder/layer_{i}/intermediate/dense/kernel"),
+    ("bert.layers.{i}.up.bias", "bert.encoder.layer.{i}.intermediate.dense.bias", "bert/encoder/layer_{i}/intermediate/dense/bias"),
+    ("bert.layers.{i}.down.weight", "bert.encoder.layer.{i}.output.dense.weight", "bert/encoder/layer_{i}/output/dense/kernel"),
+    ("bert.layers.{i}.down.bias", "bert.encoder.layer.{i}.output.dense.bias", "bert/encoder/layer_{i}/output/dense/bias"),
+    ("bert.layers.{i}.ffn_norm.weight", "bert.encoder.layer.{i}.output.LayerNorm.weight", "bert/encoder/layer_{i}/output/LayerNorm/gamma"),
+    ("bert.layers.{i}.ffn_norm.bias", "bert.encoder.layer.{i}.output.LayerNorm.bias", "bert/encoder/layer_{i}/output/LayerNorm/beta"),
+    ("bert.pooler.weight", "bert.pooler.dense.weight", "bert/pooler/dense/kernel"),
+    ("bert.pooler.bias", "bert.pooler.dense.bias", "bert/pooler/dense/bias"),
+    ("mlm.transform.weight", "cls.predictions.transform.dense.weight", "cls/predictions/transform/dense/kernel"),
+    ("mlm.transform.bias", "cls.predictions.transform.dense.bias", "cls/predictions/transform/dense/bias"),
+    ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight", "cls/predictions/transform/LayerNorm/gamma"),
+    ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias", "cls/predictions/transform/LayerNorm/beta"),
+    ("mlm.bias", "cls.predictions.bias", "cls/predictions/output_bias"),
+    ("nsp.weight", "cls.seq_relationship.weight", "cls/seq_relationship/output_weights"),
+    ("nsp.bias", "cls.seq_relationship.bias", "cls/seq_relationship/output_bias"),
+    ("classifier.weight", "classifier.weight", "output_weights"),  # run_classifier.py
+    ("classifier.bias", "classifier.bias", "output_bias"),
+    ("qa.weight", "qa_outputs.weight", "cls/squad/output_weights"),  # run_squad.py
+    ("qa.bias", "qa_outputs.bias", "cls/squad/output_bias"),
+]
+
+# Hugging Face keys with no tensor of their own in bertkit: the MLM decoder is the word-embedding
+# matrix and its bias is cls.predictions.bias; position_ids is a constant buffer.
+HF_TIED_OR_BUFFERS = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+                      "bert.embeddings.position_ids"}
+
+
+def name_rows(num_layers: int) -> list[tuple[str, str, str]]:
+    """NAME_MAP with "{i}" expanded for layers 0..num_layers-1."""
+    rows = []
+    for row in NAME_MAP:
+        if "{i}" in row[0]:
+            rows += [tuple(n.replace("{i}", str(i)) for n in row) for i in range(num_layers)]
+        else:
+            rows.append(row)
+    return rows
+
+
+def _rename(state: dict, num_layers: int, src: int, dst: int, source: str, skip: set[str] = frozenset()
+            ) -> dict[str, torch.Tensor]:
+    table = {row[src]: row[dst] for row in name_rows(num_layers)}
+    unknown = [k for k in state if k not in table and k not in skip]
+    if unknown:
+        raise BertkitError(f"{source}: unknown weight name(s) {', '.join(unknown[:5])}"
+                           + (" ..." if len(unknown) > 5 else ""))
+    return {table[k]: v for k, v in state.items() if k in table}
+
+
+def from_hf(state: dict[str, torch.Tensor], num_layers: int, source: str = "hf") -> dict[str, torch.Tensor]:
+    """Hugging Face BERT names to bertkit names. A bare `BertModel` (no `bert.` prefix) is accepted."""
+    if not any(k.startswith("bert.") for k in state):
+        state = {"bert." + k: v for k, v in state.items()}
+    return _rename(state, num_layers, 1, 0, source, skip=HF_TIED_OR_BUFFERS)
+
+
+def to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    return _rename(state, num_layers, 0, 1, "bertkit")
+
+
+def from_google(tensors: dict[str, np.ndarray], num_layers: int, source: str = "google"
+                ) -> dict[str, torch.Tensor]:
+    """Google TF variables to bertkit names. Optimizer slots and the step counter are dropped."""
+    table = {row[2]: row[0] for row in name_rows(num_layers)}
+    out = {}
+    for name, arr in tensors.items():
+        if name in table:
+            arr = arr.T if name.endswith("/kernel") else arr
+            out[table[name]] = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
+        elif not re.search(r"(adam_[mv]|global_step|Momentum|LAMB|lamb)", name):
+            raise BertkitError(f"{source}: unknown variable {name!r}")
+    return out
+
+
+# ---- reading each format -----------------------------------------------------------------------
+
+def hf_config(d: dict, source: str) -> BertConfig:
+    """A Hugging Face config.json as a BertConfig."""
+    if d.get("model_type", "bert") != "bert":
+        raise BertkitError(f"{source}: model_type {d.get('model_type')!r} is not BERT")
+    if d.get("position_embedding_type", "absolute") != "absolute":
+        raise BertkitError(f"{source}: only absolute position embeddings are supported")
+    act = {"gelu_pytorch_tanh": "gelu_tanh"}.get(d.get("hidden_act", "gelu"), d.get("hidden_act", "gelu"))
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+            "type_vocab_size", "initializer_range", "layer_norm_eps")
+    return BertConfig.from_dict({**{k: d[k] for k in keys if k in d}, "hidden_act": act}, source)
+
+
+def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BertkitError(f"{folder / 'config.json'}: unreadable ({e})") from None
+    config = hf_config(cfg, str(folder / "config.json"))
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        state = load_file(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        path = folder / "pytorch_model.bin"
+        try:  # weights_only: a pickle that would construct arbitrary objects is refused
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
+            raise BertkitError(f"{path}: refused to load ({str(e).splitlines()[0]})") from None
+    else:
+        raise BertkitError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    vocab = folder / "vocab.txt"
+    if not vocab.is_file():
+        raise BertkitError(f"{folder}: no vocab.txt beside the weights")
+    lower = True
+    try:
+        lower = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return config, from_hf(state, config.num_hidden_layers, str(folder)), vocab, lower
+
+
+def read_google(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+    from bertkit.tfbundle import read_checkpoint
+
+    indexes = sorted(folder.glob("*.index"))
+    if len(indexes) != 1:
+        raise BertkitError(f"{folder}: expected one TensorFlow checkpoint (*.index), found {len(indexes)}")
+    config = BertConfig.from_json(folder / "bert_config.json")
+    tensors = read_checkpoint(str(indexes[0])[: -len(".index")])
+    state = from_google(tensors, config.num_hidden_layers, str(indexes[0]))
+    # Google names its cased models "cased_L-..." and its uncased ones "uncased_L-...".
+    lower = not re.search(r"(^|[^n])cased", folder.name)
+    return config, state, folder / "vocab.txt", lower
+
+
+def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
+             ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+    """(config, bertkit state dict, vocab path, lowercase) from any supported source. A zip is
+    unpacked into `workdir`, which must outlive the returned vocab path."""
+    src = Path(src)
+    if src.is_file() and src.suffix == ".zip":
+        from bertkit.download import extract
+
+        if workdir is None:
+            raise ValueError("a zip needs a workdir to unpack into")
+        extract(src, Path(workdir))
+        found = [p.parent for p in Path(workdir).rglob("bert_config.json")]
+        if len(found) != 1:
+            raise BertkitError(f"{src}: expected one bert_config.json in the zip, found {len(found)}")
+        src = found[0]
+    if not src.is_dir():
+        raise BertkitError(f"{src}: no such checkpoint folder or zip")
+    if is_model_folder(src):
+        config, state, vocab, meta = load_model_folder(src)
+        return config, state, vocab, bool(meta.get("do_lower_case", True))
+    if (src / "config.json").is_file():
+        return read_hf(src)
+    if (src / "bert_config.json").is_file():
+        return read_google(src)
+    raise BertkitError(f"{src}: not a bertkit, Hugging Face or Google BERT checkpoint")
+
+
+def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, torch.Tensor],
+             vocab: Path, lowercase: bool) -> None:
+    """A folder that `transformers` loads: config.json, model.safetensors, vocab.txt."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from bertkit.io import atomic_path
+
+    heads = {k.split(".")[0] for k in state if not k.startswith("bert.")}
+    arch = ("BertForPreTraining" if "mlm" in heads else "BertForSequenceClassification" if "classifier" in heads
+            else "BertForQuestionAnswering" if "qa" in heads else "BertModel")
+    hf = to_hf(state, config.num_hidden_layers)
+    if arch == "BertModel":
+        hf = {k.removeprefix("bert."): v for k, v in hf.items()}
+    cfg = {"architectures": [arch], "model_type": "bert", "pad_token_id": 0,
+           "position_embedding_type": "absolute", **config.to_dict(),
+           "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(config.hidden_act, config.hidden_act)}
+    if "classifier" in heads:
+        n = state["classifier.weight"].shape[0]
+        cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
+        cfg["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in hf.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase}, indent=2) + "\n")
+        shutil.copyfile(vocab, tmp / "vocab.txt")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "bertkit") -> Path:
+    """Convert any supported checkpoint into a bertkit (or Hugging Face) folder at `dst`."""
+    with tempfile.TemporaryDirectory(prefix="bertkit-convert-") as work:
+        config, state, vocab, lower = read_any(src, work)
+        if fmt == "hf":
+            write_hf(dst, config, state, vocab, lower)
+        elif fmt == "bertkit":
+            save_model(dst, config, state, vocab, lowercase=lower, extra={"converted_from": str(src)})
+        else:
+            raise BertkitError(f"--format must be bertkit or hf, got {fmt!r}")
+    return Path(dst)
+
+
+def main(argv: list[str]) -> int:
+    from bertkit.cli import ArgumentParser
+
+    p = ArgumentParser(prog="bertkit convert", description=(
+        "Convert a BERT checkpoint. SRC may be a Google checkpoint zip or folder (bert_config.json, "
+        "vocab.txt, bert_model.ckpt.*; TensorFlow is not needed), a Hugging Face folder (config.json, "
+        "model.safetensors or pytorch_model.bin, vocab.txt) or a bertkit folder."))
+    p.add_argument("--input", "-i", required=True, help="Checkpoint zip or folder to read.")
+    p.add_argument("--output", "-o", required=True, help="Folder to write; replaced atomically.")
+    p.add_argument("--format", choices=("bertkit", "hf"), default="bertkit",
+                   help="bertkit (default) or hf (loadable by transformers).")
+    p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
+    args = p.parse_args(argv)
+    if Path(args.output).exists() and not args.overwrite:
+        raise BertkitError(f"{args.output}: already exists (pass --overwrite to replace it)")
+    out = convert(args.input, args.output, args.format)
+    print(f"wrote {args.format} checkpoint to {out}")
+    return 0

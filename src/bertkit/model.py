@@ -1,0 +1,185 @@
+"""BERT on one device: embeddings, post-LayerNorm Transformer encoder, pooler, and the three heads
+(pretraining, sequence classification, span QA). Knows nothing of distribution or precision policy.
+
+Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size (H / nh), V vocabulary,
+P masked positions per sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertkit.config import BertConfig
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu  # exact erf form, what "gelu" means in Hugging Face's configs
+    if name in ("gelu_new", "gelu_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")  # Google's modeling.py computes this form
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        x = self.word(input_ids) + self.position.weight[:T]  # (B, T, H)
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]
+        else:
+            x = x + self.token_type(token_type_ids)
+        return self.drop(self.norm(x))
+
+
+class Layer(nn.Module):
+    """One post-LayerNorm Transformer layer: x = norm(x + attn(x)); x = norm(x + ffn(x))."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        self.nh = cfg.num_attention_heads
+        self.query = nn.Linear(H, H)
+        self.key = nn.Linear(H, H)
+        self.value = nn.Linear(H, H)
+        self.out = nn.Linear(H, H)
+        self.attn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.up = nn.Linear(H, cfg.intermediate_size)
+        self.down = nn.Linear(cfg.intermediate_size, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.act = activation(cfg.hidden_act)
+        self.p_attn = cfg.attention_probs_dropout_prob
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, H); mask: (B, 1, 1, T) bool, True where a key may be attended, or None."""
+        B, T, H = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, self.nh, H // self.nh).transpose(1, 2)  # (B, nh, T, hs)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.p_attn if self.training else 0.0)
+        a = a.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        x = self.attn_norm(x + self.drop(self.out(a)))
+        return self.ffn_norm(x + self.drop(self.down(self.act(self.up(x)))))
+
+
+class BertModel(nn.Module):
+    """The encoder. Returns the last hidden states (B, T, H) and, with a pooler, the pooled [CLS]
+    vector (B, H)."""
+
+    def __init__(self, cfg: BertConfig, pooler: bool = True):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids, token_type_ids: (B, T) int; attention_mask: (B, T), 1 for real tokens and 0 for
+        padding, or None when nothing is padded (faster: no mask in attention)."""
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        for layer in self.layers:
+            x = layer(x, mask)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, H)
+        return x, pooled
+
+
+def init_weights(model: nn.Module, std: float) -> None:
+    """Google's initialisation: truncated normal (cut at 2 std) for weights, zero biases, LayerNorm
+    at 1 and 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class BertForPreTraining(nn.Module):
+    """Masked-LM head (its decoder is the word-embedding matrix) and next-sentence head."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.bert = BertModel(cfg)
+        self.mlm = MaskedLMHead(cfg)
+        self.nsp = nn.Linear(cfg.hidden_size, 2)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                masked_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns MLM logits and NSP logits (B, 2). With `masked_positions` (B, P) the vocabulary
+        projection runs on those positions only and the MLM logits are (B, P, V); without, on every
+        position: (B, T, V). The projection is most of a small model's work, so pass the positions."""
+        x, pooled = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, H), (B, H)
+        if masked_positions is not None:
+            x = x.gather(1, masked_positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, P, H)
+        return self.mlm(x, self.bert.embeddings.word.weight), self.nsp(pooled)
+
+
+class MaskedLMHead(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.transform = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = activation(cfg.hidden_act)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, x: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """x: (..., H); decoder: the word embeddings (V, H). Returns logits (..., V)."""
+        return F.linear(self.norm(self.act(self.transform(x))), decoder, self.bias)
+
+
+class BertForSequenceClassification(nn.Module):
+    def __init__(self, cfg: BertConfig, num_labels: int = 2):
+        super().__init__()
+        self.config = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns logits (B, num_labels) from the pooled [CLS] vector."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.drop(pooled))
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Span extraction: a start and an end logit per token. No pooler, as in Google's run_squad.py
+    and Hugging Face's BertForQuestionAnswering."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.bert = BertModel(cfg, pooler=False)
+        self.qa = nn.Linear(cfg.hidden_size, 2)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns start and end logits, each (B, T)."""
+        x, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        start, end = self.qa(x).unbind(-1)  # (B, T) each
+        return start, end
