@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -37,9 +38,11 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def save_model(folder: str | os.PathLike, config: BertConfig, state_dict: dict[str, torch.Tensor],
-               vocab_file: str | os.PathLike, lowercase: bool = True, extra: dict | None = None) -> Path:
+               vocab_file: str | os.PathLike, lowercase: bool = True, extra: dict | None = None,
+               files: dict[str, Callable[[Path], None]] | None = None) -> Path:
     """Write a model folder atomically. `state_dict` uses bertkit names; tensors are saved as they
-    are (cast them first to change the dtype)."""
+    are (cast them first to change the dtype). `files` adds more files: name -> function writing it
+    to the path it is given; they are checksummed like the rest."""
     folder = Path(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     with atomic_path(folder) as tmp:
@@ -47,8 +50,11 @@ def save_model(folder: str | os.PathLike, config: BertConfig, state_dict: dict[s
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         config.to_json(tmp / CONFIG)
         shutil.copyfile(vocab_file, tmp / VOCAB)
+        for name, write in (files or {}).items():
+            write(tmp / name)
+        names = [WEIGHTS, CONFIG, VOCAB, *(files or {})]
         meta = {"format": "bertkit", "version": 1, "do_lower_case": lowercase, **(extra or {}),
-                "sha256": {name: sha256_file(tmp / name) for name in (WEIGHTS, CONFIG, VOCAB)}}
+                "sha256": {name: sha256_file(tmp / name) for name in names}}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
@@ -57,9 +63,9 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / META).is_file()
 
 
-def load_model_folder(folder: str | os.PathLike, verify: bool = True
-                      ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, dict]:
-    """Read a model folder: (config, state dict with bertkit names, vocab path, metadata)."""
+def verify_folder(folder: str | os.PathLike, verify: bool = True) -> dict:
+    """Check every file of a model folder against the sha256 table in bertkit.json; return the
+    metadata. With verify=False only presence is checked."""
     folder = Path(folder)
     meta_path = folder / META
     try:
@@ -70,12 +76,20 @@ def load_model_folder(folder: str | os.PathLike, verify: bool = True
         raise BertkitError(f"{folder}: not a bertkit model folder (no {META})") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BertkitError(f"{meta_path}: unreadable ({e})") from None
-    for name in (WEIGHTS, CONFIG, VOCAB):
+    for name in {WEIGHTS: 0, CONFIG: 0, VOCAB: 0, **meta["sha256"]}:
         path = folder / name
         if not path.is_file():
             raise BertkitError(f"{path}: missing from the model folder")
         if verify and sha256_file(path) != meta["sha256"].get(name):
             raise BertkitError(f"{path}: sha256 does not match {META} (corrupt or modified file)")
+    return meta
+
+
+def load_model_folder(folder: str | os.PathLike, verify: bool = True
+                      ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, dict]:
+    """Read a model folder: (config, state dict with bertkit names, vocab path, metadata)."""
+    folder = Path(folder)
+    meta = verify_folder(folder, verify)
     config = BertConfig.from_json(folder / CONFIG)
     try:
         state = load_file(folder / WEIGHTS)
@@ -103,3 +117,64 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
                            + (" ..." if len(encoder_missing) > 5 else ""))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing
+
+
+# ---- training checkpoints: model folder + optimizer + loop position ----------------------------
+
+OPTIMIZER = "optimizer.pt"
+TRAINER = "trainer.json"
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    return Path(output_dir) / f"ckpt-{step:08d}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Training checkpoints in `output_dir`, oldest first. Temporary folders never match."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob("ckpt-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def save_training(output_dir: str | os.PathLike, step: int, config: BertConfig,
+                  state_dict: dict[str, torch.Tensor], vocab_file: str | os.PathLike, lowercase: bool,
+                  optimizer_state: dict, trainer: dict, keep_last: int = 3) -> Path:
+    """Write `ckpt-<step>` (a model folder that also holds the optimizer state and the loop
+    position), then delete all but the newest `keep_last` checkpoints."""
+    folder = save_model(
+        checkpoint_dir(output_dir, step), config, state_dict, vocab_file, lowercase,
+        extra={"step": step},
+        files={OPTIMIZER: lambda p: torch.save(optimizer_state, p),
+               TRAINER: lambda p: p.write_text(json.dumps({"step": step, **trainer}, indent=2) + "\n")})
+    if keep_last > 0:
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_training(folder: str | os.PathLike) -> tuple[BertConfig, dict[str, torch.Tensor], dict, dict]:
+    """(config, model state, optimizer state, trainer dict) of a training checkpoint, verified."""
+    config, state, _, meta = load_model_folder(folder)
+    folder = Path(folder)
+    for name in (OPTIMIZER, TRAINER):
+        if name not in meta["sha256"]:
+            raise BertkitError(f"{folder}: a model folder, not a training checkpoint (no {name})")
+    try:
+        optimizer_state = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
+        raise BertkitError(f"{folder / OPTIMIZER}: unreadable ({str(e).splitlines()[0]})") from None
+    trainer = json.loads((folder / TRAINER).read_text())
+    return config, state, optimizer_state, trainer
+
+
+def latest_checkpoint(output_dir: str | os.PathLike, log=print) -> Path | None:
+    """The newest checkpoint that passes its checksums; broken ones are reported and passed over."""
+    for folder in reversed(list_checkpoints(output_dir)):
+        try:
+            verify_folder(folder)
+            return folder
+        except BertkitError as e:
+            log(f"warning: skipping damaged checkpoint: {e}")
+    return None

@@ -1,0 +1,140 @@
+"""Processes, ranks and devices. Rank and world size come from torchrun, OpenMPI's `mpirun` or
+SLURM's `srun`; the model is wrapped for data parallelism in one place, `parallelize()`.
+
+    torchrun --nproc_per_node 8 -m bertkit pretrain ...          # one server, 8 GPUs
+    mpirun -np 16 -H a:8,b:8 -x MASTER_ADDR=a bertkit pretrain ...  # OpenMPI
+    srun --ntasks 16 bertkit pretrain ...                         # SLURM
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bertkit import BertkitError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_ranks(env: dict | None = None) -> tuple[int, int, int, str]:
+    """(rank, world size, local rank, launcher) from the launcher's environment variables."""
+    env = os.environ if env is None else env
+    for launcher, keys in (("torchrun", ("RANK", "WORLD_SIZE", "LOCAL_RANK")),
+                           ("mpirun", ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")),
+                           ("mpirun", ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID")),
+                           ("slurm", ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))):
+        if keys[0] in env and keys[1] in env:
+            try:
+                rank, world = int(env[keys[0]]), int(env[keys[1]])
+                local = int(env.get(keys[2], rank))
+            except ValueError:
+                raise BertkitError(f"{keys[0]}/{keys[1]}: not integers in the environment") from None
+            if not 0 <= rank < world:
+                raise BertkitError(f"{keys[0]}={rank} is outside world size {keys[1]}={world}")
+            return rank, world, local, launcher
+    return 0, 1, 0, "none"
+
+
+def pick_device(spec: str, local_rank: int) -> torch.device:
+    """`auto` takes this process's GPU when there is one, else the CPU; anything else is a torch
+    device string (`cpu`, `cuda`, `cuda:1`, `mps`, `xpu`...)."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise BertkitError(f"--device: {spec!r} is not a torch device") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BertkitError("--device cuda: no CUDA device is visible")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def init(device: str = "auto", timeout_s: float = 600.0) -> Dist:
+    """Join the process group when started by a launcher (NCCL on GPUs, gloo otherwise)."""
+    rank, world, local, launcher = env_ranks()
+    dev = pick_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        if launcher != "torchrun":  # torchrun sets these; other launchers need them from the user
+            os.environ.setdefault("MASTER_ADDR", os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
+            os.environ.setdefault("MASTER_PORT", "29500")
+            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=dev if dev.type == "cuda" else None)
+    return Dist(rank, world, local, dev)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, d: Dist, compile: bool = False) -> nn.Module:
+    """Apply, in this order, compilation and data parallelism. The model itself knows one device."""
+    model.to(d.device)
+    if compile:
+        model = torch.compile(model)
+    if d.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            broadcast_buffers=False, gradient_as_bucket_view=True)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP and torch.compile wrappers (for saving weights)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce when distributed; a no-op otherwise."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return t
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (for gathering evaluation results)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,112 @@
+"""What every training task shares: the flags for precision, device, seed and outputs; the output
+folder's rules (resume the same run, refuse to overwrite another); loading initial weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from bertkit import BertkitError
+from bertkit.checkpoint import latest_checkpoint, list_checkpoints
+from bertkit.cli import flag, parse_bool
+from bertkit.io import write_atomic
+
+BUNDLED_VOCAB = Path(__file__).resolve().parents[1] / "assets" / "vocab" / "uncased_vocab.txt"
+
+
+def add_run_flags(p) -> None:
+    """Flags of every training command."""
+    flag(p, "output_dir", required=True, help="Where checkpoints, logs and results go.")
+    flag(p, "precision", choices=("fp32", "bf16", "fp16"), default=None,
+         help="fp32; bf16 (autocast, fp32 master weights); fp16 (autocast with loss scaling). Default fp32.")
+    flag(p, "data_type", dest="precision", choices=("fp32", "bf16", "fp16"), help="Same as --precision (the seed's name).")
+    flag(p, "bf16_config_path", default=None, help=(
+        "JSON file naming what stays in fp32 under bf16: {\"fp32_modules\": [\"*.attn_norm\", \"mlm.*\"]} "
+        "(fnmatch patterns of module names). Habana's op-list format is refused with an explanation."))
+    flag(p, "device", default="auto", help="auto (this process's GPU if any, else CPU), cpu, cuda, cuda:N, or any torch device.")
+    flag(p, "seed", type=int, default=12345, help="Base seed; each rank and step derive theirs from it.")
+    flag(p, "compile", type=parse_bool, default=False, help="Compile the model with torch.compile.")
+    flag(p, "resume", type=parse_bool, default=True, help=(
+        "Continue from the newest valid checkpoint in --output_dir when it holds this same run (default). "
+        "--noresume starts over only with --overwrite."))
+    flag(p, "overwrite", type=parse_bool, default=False,
+         help="Delete checkpoints in --output_dir left by another run instead of refusing to start.")
+    flag(p, "keep_checkpoints", type=int, default=3, help="Keep the newest N checkpoints (0 keeps all).")
+    flag(p, "log_every", type=int, default=10, help="Log a line every N steps.")
+    flag(p, "dllog_path", default=None, help="JSON-lines log of every logged step (default: OUTPUT_DIR/log.jsonl).")
+    flag(p, "skip_nonfinite", type=parse_bool, default=False,
+         help="Skip and count steps whose loss is NaN or infinite instead of stopping.")
+
+
+def fp32_patterns(path: str | None, precision: str) -> tuple[str, ...]:
+    """Module-name patterns from --bf16_config_path. Never silently ignored: a file in another format
+    is refused, and a file given with fp32 precision draws a warning."""
+    if not path:
+        return ()
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BertkitError(f"--bf16_config_path: {path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise BertkitError(f"--bf16_config_path: {path}: not JSON ({e})") from None
+    if not isinstance(d, dict) or "fp32_modules" not in d:
+        if isinstance(d, dict) and {"allowlist", "conditional_list"} & set(d):
+            raise BertkitError(f"--bf16_config_path: {path} is Habana's TensorFlow op-list format, which names "
+                               "TF ops; bertkit takes {\"fp32_modules\": [patterns of module names]}")
+        raise BertkitError(f"--bf16_config_path: {path}: expected {{\"fp32_modules\": [...]}}")
+    unknown = set(d) - {"fp32_modules", "comment"}
+    if unknown:
+        raise BertkitError(f"--bf16_config_path: {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    patterns = d["fp32_modules"]
+    if not isinstance(patterns, list) or not all(isinstance(x, str) for x in patterns):
+        raise BertkitError(f"--bf16_config_path: {path}: fp32_modules must be a list of strings")
+    if precision == "fp32":
+        print("warning: --bf16_config_path has no effect with fp32 precision", file=sys.stderr)
+    return tuple(patterns)
+
+
+def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: bool, is_main: bool,
+                       log=print) -> Path | None:
+    """Return the checkpoint to resume from, or None to start fresh. Checkpoints of a different run
+    (or any run, with --noresume) are refused unless --overwrite, which deletes them."""
+    existing = list_checkpoints(output_dir)
+    if existing:
+        saved = _saved_run(output_dir)
+        same = saved is not None and {k: v for k, v in saved.items() if k not in VOLATILE} == {
+            k: v for k, v in run.items() if k not in VOLATILE}
+        if resume and same:
+            found = latest_checkpoint(output_dir, log=log)
+            if found is not None:
+                return found
+        if not overwrite:
+            why = "--noresume was given" if same else _difference(saved, run)
+            raise BertkitError(f"{output_dir} holds checkpoints of another run ({why}); pass --overwrite "
+                               "to delete them or choose another --output_dir")
+        if is_main:
+            for folder in existing:
+                shutil.rmtree(folder)
+            log(f"--overwrite: deleted {len(existing)} checkpoint(s) in {output_dir}")
+    if is_main:
+        write_atomic(Path(output_dir) / "run.json", (json.dumps(run, indent=2, sort_keys=True) + "\n").encode())
+    return None
+
+
+# Settings that may change between a run and its resumption.
+VOLATILE = {"num_train_steps", "save_checkpoints_steps", "log_every", "keep_checkpoints", "dllog_path",
+            "do_eval", "eval_files_dir", "eval_batch_size", "max_eval_steps", "compile", "device"}
+
+
+def _saved_run(output_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(output_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _difference(saved: dict | None, run: dict) -> str:
+    if saved is None:
+        return "no run.json"
+    keys = sorted(k for k in set(saved) | set(run) if k not in VOLATILE and saved.get(k) != run.get(k))
+    return "differs in " + ", ".join(f"{k}: {saved.get(k)!r} -> {run.get(k)!r}" for k in keys[:4])

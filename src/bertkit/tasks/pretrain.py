@@ -1,0 +1,287 @@
+"""`bertkit pretrain`: masked-LM + next-sentence pretraining with LAMB, taking the flags of the
+seed's run_pretraining.py. One process per device; for many, start it with torchrun:
+
+    torchrun --nproc_per_node 8 -m bertkit pretrain --input_files_dir data/seq128 \\
+        --bert_config_file large --output_dir out/phase1 --train_batch_size 64 \\
+        --num_accumulation_steps 128 --max_seq_length 128 --max_predictions_per_seq 20 \\
+        --num_train_steps 7038 --num_warmup_steps 2000 --learning_rate 6e-3 --precision bf16
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bertkit import BertkitError
+from bertkit.checkpoint import load_training, load_weights
+from bertkit.cli import ArgumentParser, flag, parse_bool
+from bertkit.config import BertConfig, VARIANTS, resolve
+from bertkit.distributed import Dist, all_reduce, init, parallelize, shutdown
+from bertkit.model import BertForPreTraining
+from bertkit.optim import WarmupPolyDecay, make_optimizer
+from bertkit.stream import Stream
+from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, prepare_output_dir
+from bertkit.tokenizer import load_vocab
+from bertkit.train import Checkpointer, LoopConfig, RunLog, Stopped, fit
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="bertkit pretrain", description=(
+        "Pretrain BERT (masked LM + next sentence prediction) on bertkit shards or Google TFRecords. "
+        "Flags take the seed's run_pretraining.py names, in snake_case or kebab-case."))
+    flag(p, "input_files_dir", required=True, help="Training data: a bertkit dataset folder, TFRecord files or a folder of them.")
+    flag(p, "eval_files_dir", default=None, help="Evaluation data, same formats (used with --do_eval).")
+    flag(p, "bert_config_file", default=None, help=f"bert_config.json, or a variant name: {', '.join(VARIANTS)}.")
+    flag(p, "model_variant", default=None, help="Same as --bert_config_file with a variant name.")
+    flag(p, "init_checkpoint", default=None, help=(
+        "Start from these weights (fresh optimizer and schedule, as phase 2 starts from phase 1): a bertkit "
+        "checkpoint folder, a training output folder (its newest checkpoint), a Google or Hugging Face checkpoint."))
+    flag(p, "vocab_file", default=None, help="vocab.txt (default: the init checkpoint's, else Google's uncased vocab).")
+    flag(p, "do_lower_case", type=parse_bool, default=True, help="The vocabulary is uncased (stored with checkpoints).")
+    flag(p, "train_batch_size", type=int, default=32, help="Sequences per micro-batch, per process.")
+    flag(p, "eval_batch_size", type=int, default=8, help="Sequences per evaluation batch, per process.")
+    flag(p, "max_seq_length", type=int, default=128, help="Longest sequence. Must match data generation.")
+    flag(p, "max_predictions_per_seq", type=int, default=20, help="Most masked positions per sequence. Must match data generation.")
+    flag(p, "num_train_steps", type=int, default=100000, help="Optimizer steps in all (a resumed run counts the steps done).")
+    flag(p, "num_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    flag(p, "num_warmup_steps", type=int, default=10000, help="Linear warm-up steps before polynomial decay.")
+    flag(p, "learning_rate", type=float, default=5e-5, help="Peak learning rate.")
+    flag(p, "poly_power", type=float, default=0.5, help="Power of the polynomial decay after warm-up (NVIDIA's recipe: 0.5).")
+    flag(p, "optimizer", choices=("lamb", "adamw"), default="lamb", help="LAMB (default) or AdamW.")
+    flag(p, "weight_decay", type=float, default=0.01, help="Weight decay, except biases and LayerNorm.")
+    flag(p, "save_checkpoints_steps", type=int, default=1000, help="Checkpoint every N steps, and at the end.")
+    flag(p, "do_train", type=parse_bool, default=True, help="Train.")
+    flag(p, "do_eval", type=parse_bool, default=False, help="Report masked-LM accuracy and loss on --eval_files_dir.")
+    flag(p, "max_eval_steps", type=int, default=100, help="Most evaluation batches.")
+    flag(p, "masked_lm_prob", type=float, default=0.15, help="Share of tokens masked at load time (bertkit shards).")
+    flag(p, "whole_word_mask", type=parse_bool, default=False, help="Mask whole words at load time.")
+    flag(p, "skip_corrupt_records", type=parse_bool, default=False,
+         help="Skip TFRecord records that fail their CRC (counted and reported) instead of stopping.")
+    flag(p, "allreduce_post_accumulation", type=parse_bool, default=True,
+         help="All-reduce gradients once per step, after the last micro-batch (default). False: after each.")
+    add_run_flags(p)
+    # The seed's flags for TensorFlow and Horovod, accepted so its command lines run unchanged.
+    flag(p, "horovod", type=parse_bool, default=False, help="Accepted for the seed; ranks come from torchrun/mpirun/SLURM.")
+    flag(p, "use_xla", type=parse_bool, default=False, help="Accepted for the seed; has no effect (see --compile).")
+    flag(p, "amp", type=parse_bool, default=False, help="The seed's fp16 AMP switch: --amp means --precision fp16.")
+    return p
+
+
+def pretraining_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Masked-LM cross-entropy over the real masked positions plus next-sentence cross-entropy."""
+    mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])  # (B,P,V), (B,2)
+    w = b["masked_lm_weights"].flatten()  # (B*P,), 1 for real predictions, 0 for padding
+    ce = F.cross_entropy(mlm.flatten(0, 1).float(), b["masked_lm_ids"].flatten(), reduction="none")  # (B*P,)
+    n = w.sum().clamp(min=1.0)
+    mlm_loss = (ce * w).sum() / n
+    nsp_loss = F.cross_entropy(nsp.float(), b["next_sentence_labels"])
+    with torch.no_grad():
+        mlm_acc = ((mlm.argmax(-1).flatten() == b["masked_lm_ids"].flatten()).float() * w).sum() / n
+        nsp_acc = (nsp.argmax(-1) == b["next_sentence_labels"]).float().mean()
+    return mlm_loss + nsp_loss, {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "mlm_acc": mlm_acc, "nsp_acc": nsp_acc}
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    return run(args)
+
+
+def _dataset(path: str, args, vocab: dict):
+    from bertkit.data.pretraining import PretrainingDataset
+
+    return PretrainingDataset(path, args.max_seq_length, args.max_predictions_per_seq, len(vocab),
+                              (vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], vocab["[PAD]"]),
+                              seed=args.seed, masked_lm_prob=args.masked_lm_prob,
+                              whole_word_mask=args.whole_word_mask, skip_corrupt=args.skip_corrupt_records,
+                              **_word_starts(args, vocab))
+
+
+def _word_starts(args, vocab: dict) -> dict:
+    if not args.whole_word_mask:
+        return {}
+    import numpy as np
+
+    starts = np.ones(len(vocab), dtype=bool)
+    for token, i in vocab.items():
+        starts[i] = not token.startswith("##")
+    return {"word_start": starts}
+
+
+def validate(args) -> None:
+    """Check the flags together before any work starts."""
+    if args.amp and args.precision is None:
+        args.precision = "fp16"
+    args.precision = args.precision or "fp32"
+    if args.model_variant and args.bert_config_file:
+        raise BertkitError("give --bert_config_file or --model_variant, not both")
+    args.bert_config_file = args.bert_config_file or args.model_variant
+    for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "max_predictions_per_seq",
+                 "num_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise BertkitError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_warmup_steps < 0 or args.num_train_steps < 0:
+        raise BertkitError("--num_warmup_steps and --num_train_steps must be >= 0")
+    if not 0 < args.masked_lm_prob < 1:
+        raise BertkitError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
+    if args.learning_rate <= 0:
+        raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.do_eval and not args.eval_files_dir:
+        raise BertkitError("--do_eval needs --eval_files_dir")
+    if not args.do_train and not args.do_eval:
+        raise BertkitError("nothing to do: give --do_train or --do_eval")
+    if args.use_xla:
+        print("note: --use_xla is a TensorFlow option; bertkit's equivalent is --compile", file=sys.stderr)
+
+
+def run(args) -> int:
+    validate(args)
+    patterns = fp32_patterns(args.bf16_config_path, args.precision)
+    d = init(args.device)
+    try:
+        return _run(args, d, patterns)
+    except Stopped as e:
+        if d.is_main:
+            print(str(e), file=sys.stderr)
+        return 143
+    finally:
+        shutdown()
+
+
+def _initial_weights(args) -> tuple[BertConfig | None, dict | None, Path | None, bool]:
+    """(config, state, vocab, lowercase) of --init_checkpoint, or Nones."""
+    if not args.init_checkpoint:
+        return None, None, None, args.do_lower_case
+    import atexit
+    import shutil
+    import tempfile
+
+    from bertkit.checkpoint import latest_checkpoint, list_checkpoints
+    from bertkit.convert import read_any
+
+    src = Path(args.init_checkpoint)
+    if src.is_dir() and list_checkpoints(src):  # a training output folder: its newest checkpoint
+        found = latest_checkpoint(src)
+        if found is None:
+            raise BertkitError(f"--init_checkpoint: {src} holds no valid checkpoint")
+        src = found
+    work = tempfile.mkdtemp(prefix="bertkit-init-")  # a zip unpacks here; its vocab is used all run
+    atexit.register(shutil.rmtree, work, True)
+    config, state, vocab, lower = read_any(src, work)
+    return config, state, vocab, lower
+
+
+def _run(args, d: Dist, patterns: tuple[str, ...]) -> int:
+    out = Path(args.output_dir)
+    init_config, init_state, init_vocab, lowercase = _initial_weights(args)
+    config = resolve(args.bert_config_file) if args.bert_config_file else init_config
+    if config is None:
+        raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
+    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or BUNDLED_VOCAB)
+    vocab = load_vocab(vocab_file)
+    if args.bert_config_file in VARIANTS and len(vocab) != config.vocab_size:
+        config = BertConfig(**{**config.to_dict(), "vocab_size": len(vocab)})
+    if len(vocab) != config.vocab_size:
+        raise BertkitError(f"{vocab_file}: {len(vocab)} tokens, but the config says vocab_size {config.vocab_size}")
+    if init_config is not None and init_config != config:
+        raise BertkitError(f"--init_checkpoint {args.init_checkpoint} has another model shape than --bert_config_file")
+    if args.max_seq_length > config.max_position_embeddings:
+        raise BertkitError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+                           f"max_position_embeddings {config.max_position_embeddings}")
+
+    global_batch = args.train_batch_size * args.num_accumulation_steps * d.world_size
+    run_id = {"task": "pretrain", "config": config.to_dict(), "input_files_dir": str(args.input_files_dir),
+              "train_batch_size": args.train_batch_size, "global_batch": global_batch,
+              "max_seq_length": args.max_seq_length, "max_predictions_per_seq": args.max_predictions_per_seq,
+              "learning_rate": args.learning_rate, "num_warmup_steps": args.num_warmup_steps,
+              "optimizer": args.optimizer, "poly_power": args.poly_power, "seed": args.seed,
+              "precision": args.precision, "init_checkpoint": args.init_checkpoint,
+              "num_train_steps": args.num_train_steps}
+    model = BertForPreTraining(config)
+    if init_state is not None:
+        load_weights(model, init_state, str(args.init_checkpoint))
+
+    log = RunLog(Path(args.dllog_path) if args.dllog_path else out / "log.jsonl", d.is_main,
+                 total=args.num_train_steps, tensorboard_dir=out / "tensorboard", desc="pretrain")
+    start_step, scaler_state = 0, None
+    optimizer = None
+    if args.do_train:
+        resume_from = prepare_output_dir(out, run_id, args.resume, args.overwrite, d.is_main, log=log.print)
+        if resume_from is not None:
+            _, state, opt_state, trainer = load_training(resume_from)
+            load_weights(model, state, str(resume_from))
+            start_step, scaler_state = trainer["step"], trainer.get("grad_scaler")
+        model.to(d.device)
+        optimizer = make_optimizer(args.optimizer, model, lr=args.learning_rate, weight_decay=args.weight_decay)
+        if resume_from is not None:
+            optimizer.load_state_dict(opt_state)
+            log.print(f"resumed from {resume_from} at step {start_step}")
+    ddp_model = parallelize(model, d, compile=args.compile)
+    log.print(f"pretraining {config.num_hidden_layers}L/{config.hidden_size}H on {d.world_size} process(es), "
+              f"{d.device.type}, {args.precision}; global batch {global_batch} = {args.train_batch_size} per "
+              f"process x {args.num_accumulation_steps} accumulation x {d.world_size} process(es)")
+
+    eval_fn = None
+    if args.do_eval:
+        eval_data = _dataset(args.eval_files_dir, args, vocab)
+        eval_fn = lambda m: evaluate(m, eval_data, args, d)  # noqa: E731
+    result: dict = {}
+    if args.do_train:
+        train_data = _dataset(args.input_files_dir, args, vocab)
+        from bertkit.data.pretraining import collate
+
+        stream = Stream(train_data, args.train_batch_size,
+                        lambda s: collate(s, args.max_predictions_per_seq), seed=args.seed,
+                        rank=d.rank, world_size=d.world_size)
+        loop = LoopConfig(total_steps=args.num_train_steps, lr=args.learning_rate,
+                          schedule=WarmupPolyDecay(args.num_warmup_steps, args.num_train_steps, args.poly_power),
+                          accumulation=args.num_accumulation_steps, precision=args.precision,
+                          save_every=args.save_checkpoints_steps, log_every=args.log_every, seed=args.seed,
+                          sync_each_micro_step=not args.allreduce_post_accumulation,
+                          skip_nonfinite=args.skip_nonfinite, fp32_modules=patterns)
+        ckpt = Checkpointer(out, config, vocab_file, lowercase, args.keep_checkpoints, run_id)
+        result = fit(ddp_model, optimizer, pretraining_loss, stream, loop, d, log, ckpt, start_step, eval_fn,
+                     scaler_state)
+        skipped = getattr(train_data, "corrupt_skipped", 0)
+        if skipped:
+            log.print(f"skipped {skipped} corrupt record(s) in {args.input_files_dir}")
+            result["corrupt_records_skipped"] = skipped
+    elif eval_fn is not None:
+        from bertkit.train import _evaluate
+
+        result = _evaluate(eval_fn, ddp_model, 0, log, args.precision, d.device)
+    log.close()
+    if d.is_main:
+        import json
+
+        from bertkit.io import write_atomic
+        write_atomic(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+        print(json.dumps(result))
+    return 0
+
+
+def evaluate(model, data, args, d: Dist) -> dict:
+    """Masked-LM accuracy and loss, next-sentence accuracy over the evaluation set (fixed masks),
+    summed over ranks so the result does not depend on their number."""
+    from bertkit.data.pretraining import collate
+    from bertkit.stream import to_device
+
+    data.set_epoch(0)
+    n = min(len(data), args.max_eval_steps * args.eval_batch_size)
+    sums = torch.zeros(5, dtype=torch.float64, device=d.device)  # mlm correct, mlm loss sum, mlm count, nsp correct, seqs
+    for start in range(d.rank * args.eval_batch_size, n, d.world_size * args.eval_batch_size):
+        b = to_device(collate([data[i] for i in range(start, min(start + args.eval_batch_size, n))],
+                              args.max_predictions_per_seq), d.device)
+        mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
+        w = b["masked_lm_weights"].flatten().double()
+        ce = F.cross_entropy(mlm.flatten(0, 1).float(), b["masked_lm_ids"].flatten(), reduction="none").double()
+        sums += torch.stack([((mlm.argmax(-1).flatten() == b["masked_lm_ids"].flatten()).double() * w).sum(),
+                             (ce * w).sum(), w.sum(),
+                             (nsp.argmax(-1) == b["next_sentence_labels"]).double().sum(),
+                             torch.tensor(float(len(nsp)), dtype=torch.float64, device=d.device)])
+    all_reduce(sums)
+    c, loss, count, nsp_c, seqs = sums.tolist()
+    return {"mlm_accuracy": c / max(count, 1), "mlm_loss": loss / max(count, 1),
+            "nsp_accuracy": nsp_c / max(seqs, 1), "sequences": int(seqs)}
