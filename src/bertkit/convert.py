@@ -116,6 +116,8 @@ def from_google(tensors: dict[str, np.ndarray], num_layers: int, source: str = "
 
 def hf_config(d: dict, source: str) -> BertConfig:
     """A Hugging Face config.json as a BertConfig."""
+    if not isinstance(d, dict):
+        raise BertkitError(f"{source}: expected a JSON object, got {type(d).__name__}")
     if d.get("model_type", "bert") != "bert":
         raise BertkitError(f"{source}: model_type {d.get('model_type')!r} is not BERT")
     if d.get("position_embedding_type", "absolute") != "absolute":
@@ -134,16 +136,26 @@ def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bo
         raise BertkitError(f"{folder / 'config.json'}: unreadable ({e})") from None
     config = hf_config(cfg, str(folder / "config.json"))
     if (folder / "model.safetensors").is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        state = load_file(folder / "model.safetensors")
+        try:
+            state = load_file(folder / "model.safetensors")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise BertkitError(f"{folder / 'model.safetensors'}: unreadable safetensors file ({e})") from None
     elif (folder / "pytorch_model.bin").is_file():
         path = folder / "pytorch_model.bin"
         try:  # weights_only: a pickle that would construct arbitrary objects is refused
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
-            raise BertkitError(f"{path}: refused to load ({str(e).splitlines()[0]})") from None
+            # torch's message is many lines of advice (with terminal colours); keep only the cause.
+            lines = [x.strip() for x in str(e).split("WeightsUnpickler error:")[-1].splitlines() if x.strip()]
+            why = lines[0].split(". ")[0].rstrip(".") if lines else type(e).__name__
+            raise BertkitError(f"{path}: refused to load ({why}); only plain tensors are unpickled, "
+                               "never code") from None
     else:
         raise BertkitError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise BertkitError(f"{folder}: the weights file does not hold a name -> tensor mapping")
     vocab = folder / "vocab.txt"
     if not vocab.is_file():
         raise BertkitError(f"{folder}: no vocab.txt beside the weights")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import os
 import shutil
 import socket
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from bertkit import BertkitError
 
-TIMEOUT_S = 15  # per connection attempt and per read; an offline machine fails well inside 30 s
+TIMEOUT_S = 10  # per connection attempt and per read: a host with two addresses that drop every
+# packet still fails inside 30 s
 
 
 def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, desc: str | None = None) -> Path:
@@ -46,8 +48,8 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, desc: st
             response = None
         else:
             raise BertkitError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, socket.timeout, OSError) as e:
-        reason = getattr(e, "reason", e)
+    except (urllib.error.URLError, socket.timeout, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)  # HTTPException: the server does not speak HTTP
         raise BertkitError(f"cannot download {url}: {reason} (no network? download it elsewhere and "
                            f"place it at {dest})") from None
     if response is not None:
@@ -63,7 +65,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, desc: st
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        except (OSError, socket.timeout) as e:
+        except (OSError, socket.timeout, http.client.HTTPException) as e:
             raise BertkitError(f"download of {url} broke off ({e}); run again to resume") from None
         finally:
             response.close()
@@ -166,17 +168,23 @@ def model_name(name_or_variant: str) -> str:
 
 
 def download_model(name: str, output: str | os.PathLike, cache: str | os.PathLike | None = None,
-                   base_url: str | None = None) -> Path:
-    """Fetch one of Google's checkpoints and convert it to a bertkit folder at `output`."""
+                   base_url: str | None = None, overwrite: bool = False) -> Path:
+    """Fetch one of Google's checkpoints and convert it to a bertkit folder at `output`. An existing
+    `output` is replaced only with `overwrite`."""
     from bertkit.config import variant
     from bertkit.convert import convert
 
     name = model_name(name)
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise BertkitError(f"{output}: already exists (pass --overwrite to replace it)")
     release, var = GOOGLE_MODELS[name]
     url = (base_url.rstrip("/") + "/" if base_url else f"{GOOGLE_BASE}{release}/") + f"{name}.zip"
     cache = Path(cache or os.environ.get("BERTKIT_CACHE", Path.home() / ".cache" / "bertkit"))
     zip_path = fetch(url, cache / f"{name}.zip", sha256=SHA256.get(name), desc=name)
-    with tempfile.TemporaryDirectory(prefix="bertkit-model-") as tmp:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Converted beside `output`, so that the final move is a rename, never a half-done copy.
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         out = convert(zip_path, Path(tmp) / "model")
         from bertkit.config import BertConfig
 
@@ -185,11 +193,9 @@ def download_model(name: str, output: str | os.PathLike, cache: str | os.PathLik
         if (got.num_hidden_layers, got.hidden_size, got.num_attention_heads) != (
                 want.num_hidden_layers, want.hidden_size, want.num_attention_heads):
             raise BertkitError(f"{zip_path}: holds a model of another shape than {name}")
-        output = Path(output)
         if output.exists():
             shutil.rmtree(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(out), str(output))
+        os.replace(out, output)
     return output
 
 
@@ -203,6 +209,7 @@ def main(argv: list[str]) -> int:
                    help=f"model name or variant: {', '.join(f'{n} ({v})' for n, (_, v) in GOOGLE_MODELS.items())}")
     p.add_argument("--output", "-o", help="Folder to write (default: ./NAME).")
     p.add_argument("--cache", help="Where the zip is kept (default: $BERTKIT_CACHE or ~/.cache/bertkit).")
+    p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     args = p.parse_args(argv)
     base_url = None
     if len(args.args) == 1:
@@ -213,6 +220,6 @@ def main(argv: list[str]) -> int:
     else:
         raise BertkitError("expected NAME, or the seed's BASE_URL NAME [IS_WWM]")
     name = model_name(name)
-    out = download_model(name, args.output or name, args.cache, base_url)
+    out = download_model(name, args.output or name, args.cache, base_url, args.overwrite)
     print(f"wrote {out}")
     return 0

