@@ -26,7 +26,7 @@ from torch import nn
 from bertkit import BertkitError
 from bertkit.checkpoint import save_training
 from bertkit.config import BertConfig
-from bertkit.distributed import Dist, all_reduce, barrier, unwrap
+from bertkit.distributed import Dist, all_reduce, barrier, cpu_has_fast_bf16, unwrap
 from bertkit.optim import clips_gradients
 from bertkit.stream import Stream, to_device
 
@@ -218,6 +218,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
     the micro-batch and a dict of scalar metrics (means over the micro-batch). Returns the last
     logged record (with the final evaluation when `eval_fn` is given)."""
     accum = cfg.accumulation
+    if cfg.precision == "bf16" and d.device.type == "cpu" and not cpu_has_fast_bf16():
+        log.print("warning: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 runs "
+                  "far slower than fp32 here; prefer --precision fp32 on this machine")
     clips_itself = clips_gradients(optimizer)
     scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16")
     if grad_scaler_state:
