@@ -175,15 +175,19 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-class _StopFlag:
-    """Set by SIGTERM (Kubernetes preemption, torchrun shutting down): finish the step, save, exit."""
+class StopFlag:
+    """Set by SIGTERM (Kubernetes preemption, torchrun shutting down): the loop finishes its step,
+    saves a checkpoint and raises Stopped. Enter it as early as the command starts, so a signal that
+    comes while data and model load is not lost."""
 
     def __init__(self):
         self.set = False
         self._old = None
 
-    def __enter__(self):
-        if threading_main():
+    def __enter__(self) -> "StopFlag":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -193,12 +197,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 class Stopped(Exception):
@@ -213,7 +211,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]],
         stream: Stream, cfg: LoopConfig, d: Dist, log: RunLog, ckpt: Checkpointer | None = None,
         start_step: int = 0, eval_fn: Callable[[nn.Module], dict] | None = None,
-        grad_scaler_state: dict | None = None) -> dict:
+        grad_scaler_state: dict | None = None, stop: StopFlag | None = None) -> dict:
     """Train from `start_step` to `cfg.total_steps`. `loss_fn(model, batch)` returns the mean loss of
     the micro-batch and a dict of scalar metrics (means over the micro-batch). Returns the last
     logged record (with the final evaluation when `eval_fn` is given)."""
@@ -235,7 +233,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
     t0 = time.perf_counter()
     last: dict = {}
     step = start_step
-    with _StopFlag() as stop:
+    with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
         while step < cfg.total_steps:
             lr = cfg.lr * cfg.schedule(step)
             for group in optimizer.param_groups:

@@ -25,7 +25,7 @@ from bertkit.optim import WarmupPolyDecay, make_optimizer
 from bertkit.stream import Stream
 from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, prepare_output_dir
 from bertkit.tokenizer import load_vocab
-from bertkit.train import Checkpointer, LoopConfig, RunLog, Stopped, fit
+from bertkit.train import Checkpointer, LoopConfig, RunLog, StopFlag, Stopped, fit
 
 
 def parser() -> ArgumentParser:
@@ -139,15 +139,16 @@ def validate(args) -> None:
 def run(args) -> int:
     validate(args)
     patterns = fp32_patterns(args.bf16_config_path, args.precision)
-    d = init(args.device)
-    try:
-        return _run(args, d, patterns)
-    except Stopped as e:
-        if d.is_main:
-            print(str(e), file=sys.stderr)
-        return 143
-    finally:
-        shutdown()
+    with StopFlag() as stop:
+        d = init(args.device)
+        try:
+            return _run(args, d, patterns, stop)
+        except Stopped as e:
+            if d.is_main:
+                print(str(e), file=sys.stderr)
+            return 143
+        finally:
+            shutdown()
 
 
 def _initial_weights(args) -> tuple[BertConfig | None, dict | None, Path | None, bool]:
@@ -173,14 +174,18 @@ def _initial_weights(args) -> tuple[BertConfig | None, dict | None, Path | None,
     return config, state, vocab, lower
 
 
-def _run(args, d: Dist, patterns: tuple[str, ...]) -> int:
+def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
     out = Path(args.output_dir)
     init_config, init_state, init_vocab, lowercase = _initial_weights(args)
     config = resolve(args.bert_config_file) if args.bert_config_file else init_config
     if config is None:
         raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
-    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or BUNDLED_VOCAB)
+    data_vocab = Path(args.input_files_dir) / "vocab.txt"  # a bertkit dataset records its vocab
+    data_vocab = data_vocab if data_vocab.is_file() else None
+    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or data_vocab or BUNDLED_VOCAB)
     vocab = load_vocab(vocab_file)
+    if data_vocab is not None and load_vocab(data_vocab) != vocab:
+        raise BertkitError(f"{args.input_files_dir} was made with another vocabulary than {vocab_file}")
     if args.bert_config_file in VARIANTS and len(vocab) != config.vocab_size:
         config = BertConfig(**{**config.to_dict(), "vocab_size": len(vocab)})
     if len(vocab) != config.vocab_size:
@@ -199,6 +204,7 @@ def _run(args, d: Dist, patterns: tuple[str, ...]) -> int:
               "optimizer": args.optimizer, "poly_power": args.poly_power, "seed": args.seed,
               "precision": args.precision, "init_checkpoint": args.init_checkpoint,
               "num_train_steps": args.num_train_steps}
+    torch.manual_seed(args.seed)  # the same initial weights on every rank and in every run
     model = BertForPreTraining(config)
     if init_state is not None:
         load_weights(model, init_state, str(args.init_checkpoint))
@@ -243,7 +249,7 @@ def _run(args, d: Dist, patterns: tuple[str, ...]) -> int:
                           skip_nonfinite=args.skip_nonfinite, fp32_modules=patterns)
         ckpt = Checkpointer(out, config, vocab_file, lowercase, args.keep_checkpoints, run_id)
         result = fit(ddp_model, optimizer, pretraining_loss, stream, loop, d, log, ckpt, start_step, eval_fn,
-                     scaler_state)
+                     scaler_state, stop)
         skipped = getattr(train_data, "corrupt_skipped", 0)
         if skipped:
             log.print(f"skipped {skipped} corrupt record(s) in {args.input_files_dir}")
