@@ -111,7 +111,10 @@ class RunLog:
         if not self.is_main:
             return
         if self.file:
-            self.file.write(json.dumps(rec) + "\n")
+            try:
+                self.file.write(json.dumps(rec) + "\n")
+            except OSError as e:  # name the log in the error (a write to a full disk has no file name)
+                raise OSError(e.errno, e.strerror, self.file.name) from None
         if self.tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -239,11 +242,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=d.device)
+            step_metrics: dict[str, torch.Tensor] = {}
             for micro in range(accum):
                 batch = next(batches)
                 seqs += len(next(iter(batch.values()))) * d.world_size
                 mask = batch.get("input_mask", batch.get("attention_mask"))
-                tokens += int(mask.sum()) * d.world_size if mask is not None else 0
+                tokens += (int(mask.sum()) if mask is not None else batch["input_ids"].numel()) * d.world_size
                 batch = to_device(batch, d.device)
                 torch.manual_seed(dropout_seed(cfg.seed, (step * accum + micro) * d.world_size + d.rank))
                 no_sync = ddp and micro < accum - 1 and not cfg.sync_each_micro_step
@@ -253,36 +257,37 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach().float()
                 for k, v in metrics.items():
-                    window[k] = window.get(k, 0) + v.detach().float() / accum
+                    step_metrics[k] = step_metrics.get(k, 0) + v.detach().float() / accum
             # One small all-reduce per step: ranks agree on the loss, and on stopping.
             shared = all_reduce(torch.stack([loss_sum / accum, torch.tensor(float(stop.set), device=d.device)]))
             step_loss, stop_now = (shared[0] / d.world_size).item(), shared[1].item() > 0
+            grad_norm = None
             if not math.isfinite(step_loss):
                 if not cfg.skip_nonfinite:
                     raise BertkitError(f"non-finite loss ({step_loss}) at step {step + 1}; stopping without "
                                        f"saving it (pass --skip_nonfinite to skip such steps)")
+                # The weights stay as they were; the step still counts, so checkpoints keep their schedule.
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 log.print(f"warning: non-finite loss at step {step + 1}: step skipped ({skipped} so far)")
-                step += 1
-                log.advance()
-                continue
-            grad_norm = None
-            if scaler.is_enabled():
-                scaler.unscale_(optimizer)
-            if not clips_itself and cfg.max_grad_norm:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if grad_norm is None:
-                grad_norm = getattr(optimizer, "last_grad_norm", None)
-            window["loss"] = window.get("loss", 0) + step_loss
+            else:
+                if scaler.is_enabled():
+                    scaler.unscale_(optimizer)
+                if not clips_itself and cfg.max_grad_norm:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if grad_norm is None:
+                    grad_norm = getattr(optimizer, "last_grad_norm", None)
+                for k, v in step_metrics.items():
+                    window[k] = window.get(k, 0) + v
+                window["loss"] = window.get("loss", 0) + step_loss
+                window_steps += 1
             step += 1
-            window_steps += 1
             log.advance()
 
-            if step % cfg.log_every == 0 or step == cfg.total_steps:
+            if window_steps and (step % cfg.log_every == 0 or step == cfg.total_steps):
                 elapsed = time.perf_counter() - t0
                 rec = {"step": step, "lr": lr}
                 for k, v in window.items():

@@ -23,7 +23,7 @@ from bertkit.distributed import Dist, all_reduce, init, parallelize, shutdown
 from bertkit.model import BertForPreTraining
 from bertkit.optim import WarmupPolyDecay, make_optimizer
 from bertkit.stream import Stream
-from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, prepare_output_dir
+from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
 from bertkit.tokenizer import load_vocab
 from bertkit.train import Checkpointer, LoopConfig, RunLog, StopFlag, Stopped, fit
 
@@ -56,7 +56,9 @@ def parser() -> ArgumentParser:
     flag(p, "do_train", type=parse_bool, default=True, help="Train.")
     flag(p, "do_eval", type=parse_bool, default=False, help="Report masked-LM accuracy and loss on --eval_files_dir.")
     flag(p, "max_eval_steps", type=int, default=100, help="Most evaluation batches.")
-    flag(p, "masked_lm_prob", type=float, default=0.15, help="Share of tokens masked at load time (bertkit shards).")
+    flag(p, "eval_every", type=int, default=0, help="With --do_eval, also evaluate every N steps (0: at the end only).")
+    flag(p, "masked_lm_prob", type=float, default=None,
+         help="Share of tokens masked at load time (bertkit shards; default: the dataset's own, 0.15 unless made otherwise).")
     flag(p, "whole_word_mask", type=parse_bool, default=False, help="Mask whole words at load time.")
     flag(p, "skip_corrupt_records", type=parse_bool, default=False,
          help="Skip TFRecord records that fail their CRC (counted and reported) instead of stopping.")
@@ -82,6 +84,14 @@ def pretraining_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tens
         mlm_acc = ((mlm.argmax(-1).flatten() == b["masked_lm_ids"].flatten()).float() * w).sum() / n
         nsp_acc = (nsp.argmax(-1) == b["next_sentence_labels"]).float().mean()
     return mlm_loss + nsp_loss, {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "mlm_acc": mlm_acc, "nsp_acc": nsp_acc}
+
+
+def drop_full_mask(batch: dict) -> dict:
+    """Leave out an attention mask with no padding in it (checked on the CPU, before the batch
+    moves): attention without a mask takes the fastest kernels (flash attention on GPUs)."""
+    if batch["input_mask"].all():
+        batch["input_mask"] = None
+    return batch
 
 
 def main(argv: list[str]) -> int:
@@ -124,7 +134,7 @@ def validate(args) -> None:
             raise BertkitError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_warmup_steps < 0 or args.num_train_steps < 0:
         raise BertkitError("--num_warmup_steps and --num_train_steps must be >= 0")
-    if not 0 < args.masked_lm_prob < 1:
+    if args.masked_lm_prob is not None and not 0 < args.masked_lm_prob < 1:
         raise BertkitError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
     if args.learning_rate <= 0:
         raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
@@ -132,6 +142,9 @@ def validate(args) -> None:
         raise BertkitError("--do_eval needs --eval_files_dir")
     if not args.do_train and not args.do_eval:
         raise BertkitError("nothing to do: give --do_train or --do_eval")
+    for name, needed in (("input_files_dir", args.do_train), ("eval_files_dir", args.do_eval)):
+        if needed and not Path(getattr(args, name)).exists():  # before any model is built
+            raise BertkitError(f"--{name}: {getattr(args, name)}: no such file or folder")
     if args.use_xla:
         print("note: --use_xla is a TensorFlow option; bertkit's equivalent is --compile", file=sys.stderr)
 
@@ -147,36 +160,17 @@ def run(args) -> int:
             if d.is_main:
                 print(str(e), file=sys.stderr)
             return 143
+        except OSError as e:  # a write that failed (disk full, read-only): the machine's fault, not ours
+            from bertkit.io import os_error_message
+
+            raise BertkitError(os_error_message(e, args.output_dir)) from None
         finally:
             shutdown()
 
 
-def _initial_weights(args) -> tuple[BertConfig | None, dict | None, Path | None, bool]:
-    """(config, state, vocab, lowercase) of --init_checkpoint, or Nones."""
-    if not args.init_checkpoint:
-        return None, None, None, args.do_lower_case
-    import atexit
-    import shutil
-    import tempfile
-
-    from bertkit.checkpoint import latest_checkpoint, list_checkpoints
-    from bertkit.convert import read_any
-
-    src = Path(args.init_checkpoint)
-    if src.is_dir() and list_checkpoints(src):  # a training output folder: its newest checkpoint
-        found = latest_checkpoint(src)
-        if found is None:
-            raise BertkitError(f"--init_checkpoint: {src} holds no valid checkpoint")
-        src = found
-    work = tempfile.mkdtemp(prefix="bertkit-init-")  # a zip unpacks here; its vocab is used all run
-    atexit.register(shutil.rmtree, work, True)
-    config, state, vocab, lower = read_any(src, work)
-    return config, state, vocab, lower
-
-
 def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
     out = Path(args.output_dir)
-    init_config, init_state, init_vocab, lowercase = _initial_weights(args)
+    init_config, init_state, init_vocab, lowercase = initial_weights(args.init_checkpoint, args.do_lower_case)
     config = resolve(args.bert_config_file) if args.bert_config_file else init_config
     if config is None:
         raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
@@ -222,7 +216,11 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
         model.to(d.device)
         optimizer = make_optimizer(args.optimizer, model, lr=args.learning_rate, weight_decay=args.weight_decay)
         if resume_from is not None:
-            optimizer.load_state_dict(opt_state)
+            try:
+                optimizer.load_state_dict(opt_state)
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+                raise BertkitError(f"{resume_from / 'optimizer.pt'}: does not fit this run's optimizer "
+                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             log.print(f"resumed from {resume_from} at step {start_step}")
     ddp_model = parallelize(model, d, compile=args.compile)
     log.print(f"pretraining {config.num_hidden_layers}L/{config.hidden_size}H on {d.world_size} process(es), "
@@ -239,12 +237,13 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
         from bertkit.data.pretraining import collate
 
         stream = Stream(train_data, args.train_batch_size,
-                        lambda s: collate(s, args.max_predictions_per_seq), seed=args.seed,
+                        lambda s: drop_full_mask(collate(s, args.max_predictions_per_seq)), seed=args.seed,
                         rank=d.rank, world_size=d.world_size)
         loop = LoopConfig(total_steps=args.num_train_steps, lr=args.learning_rate,
                           schedule=WarmupPolyDecay(args.num_warmup_steps, args.num_train_steps, args.poly_power),
                           accumulation=args.num_accumulation_steps, precision=args.precision,
                           save_every=args.save_checkpoints_steps, log_every=args.log_every, seed=args.seed,
+                          eval_every=args.eval_every,
                           sync_each_micro_step=not args.allreduce_post_accumulation,
                           skip_nonfinite=args.skip_nonfinite, fp32_modules=patterns)
         ckpt = Checkpointer(out, config, vocab_file, lowercase, args.keep_checkpoints, run_id)
