@@ -74,8 +74,11 @@ def verify_folder(folder: str | os.PathLike, verify: bool = True) -> dict:
             raise ValueError("no sha256 table")
     except FileNotFoundError:
         raise BertkitError(f"{folder}: not a bertkit model folder (no {META})") from None
-    except (ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise BertkitError(f"{meta_path}: unreadable ({e})") from None
+    outside = [n for n in meta["sha256"] if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if outside:
+        raise BertkitError(f"{meta_path}: lists {outside[0]!r:.60}, not a file of the folder")
     for name in {WEIGHTS: 0, CONFIG: 0, VOCAB: 0, **meta["sha256"]}:
         path = folder / name
         if not path.is_file():
@@ -95,7 +98,51 @@ def load_model_folder(folder: str | os.PathLike, verify: bool = True
         state = load_file(folder / WEIGHTS)
     except (SafetensorError, OSError, ValueError) as e:
         raise BertkitError(f"{folder / WEIGHTS}: unreadable safetensors file ({e})") from None
+    check_shapes(config, state, str(folder / WEIGHTS), str(folder / CONFIG))
     return config, state, folder / VOCAB, meta
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight that `config` fixes, by bertkit name (classifier heads excepted:
+    their number of labels is free)."""
+    h, v, i = config.hidden_size, config.vocab_size, config.intermediate_size
+    shapes = {"bert.embeddings.word.weight": (v, h),
+              "bert.embeddings.position.weight": (config.max_position_embeddings, h),
+              "bert.embeddings.token_type.weight": (config.type_vocab_size, h),
+              "bert.embeddings.norm.weight": (h,), "bert.embeddings.norm.bias": (h,),
+              "bert.pooler.weight": (h, h), "bert.pooler.bias": (h,),
+              "mlm.transform.weight": (h, h), "mlm.transform.bias": (h,), "mlm.norm.weight": (h,),
+              "mlm.norm.bias": (h,), "mlm.bias": (v,), "nsp.weight": (2, h), "nsp.bias": (2,),
+              "qa.weight": (2, h), "qa.bias": (2,)}
+    for n in range(config.num_hidden_layers):
+        layer = {"query": (h, h), "key": (h, h), "value": (h, h), "out": (h, h), "up": (i, h), "down": (h, i)}
+        for name, shape in layer.items():
+            shapes[f"bert.layers.{n}.{name}.weight"] = shape
+            shapes[f"bert.layers.{n}.{name}.bias"] = shape[:1]
+        for norm in ("attn_norm", "ffn_norm"):
+            shapes[f"bert.layers.{n}.{norm}.weight"] = shapes[f"bert.layers.{n}.{norm}.bias"] = (h,)
+    return shapes
+
+
+def check_shapes(config: BertConfig, state: dict[str, torch.Tensor], source: str, config_source: str = "the config"
+                 ) -> None:
+    """Refuse weights that do not fit `config` (a config from another model, a vocabulary of another
+    size, a damaged file rewritten with its checksum): one line naming the file and the first misfit."""
+    want = expected_shapes(config)
+    rank = {name: i for i, name in enumerate(want)}  # report the embeddings first: the likeliest misfit
+    for name in sorted(state, key=lambda n: rank.get(n, len(rank))):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise BertkitError(f"{source}: {name} is not a floating-point tensor")
+        shape = tuple(tensor.shape)
+        if name in want and shape != want[name]:
+            raise BertkitError(f"{source}: {name} has shape {shape}, but {config_source} implies {want[name]} "
+                               "(weights and config of different models)")
+        weight = name.endswith(".weight")
+        if name.startswith("classifier.") and (len(shape) != (2 if weight else 1) or (
+                weight and shape[1] != config.hidden_size)):
+            raise BertkitError(f"{source}: {name} has shape {shape}, which does not fit hidden_size "
+                               f"{config.hidden_size} of {config_source}")
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -143,15 +190,37 @@ def save_training(output_dir: str | os.PathLike, step: int, config: BertConfig,
                   optimizer_state: dict, trainer: dict, keep_last: int = 3) -> Path:
     """Write `ckpt-<step>` (a model folder that also holds the optimizer state and the loop
     position), then delete all but the newest `keep_last` checkpoints."""
+    for stale in Path(output_dir).glob(".ckpt-*.tmp"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     folder = save_model(
         checkpoint_dir(output_dir, step), config, state_dict, vocab_file, lowercase,
         extra={"step": step},
-        files={OPTIMIZER: lambda p: torch.save(optimizer_state, p),
+        files={OPTIMIZER: lambda p: _torch_save(optimizer_state, p),
                TRAINER: lambda p: p.write_text(json.dumps({"step": step, **trainer}, indent=2) + "\n")})
     if keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def load_pickle(path: str | os.PathLike):
+    """A torch.save file, unpickled with weights_only: tensors, numbers, strings and containers
+    come back; anything else (a call to exec, an arbitrary class) is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
+        # torch's message is many lines of advice (with terminal colours); keep only the cause.
+        lines = [x.strip() for x in str(e).split("WeightsUnpickler error:")[-1].splitlines() if x.strip()]
+        why = lines[0].split(". ")[0].rstrip(".") if lines else type(e).__name__
+        raise BertkitError(f"{path}: refused to load ({why}); only plain tensors are unpickled, "
+                           "never code") from None
+
+
+def _torch_save(obj, path: Path) -> None:
+    # Through a Python file, so that a full disk surfaces as OSError(ENOSPC) in the error chain
+    # (given a path, torch reports only "unexpected pos").
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_training(folder: str | os.PathLike) -> tuple[BertConfig, dict[str, torch.Tensor], dict, dict]:
@@ -161,11 +230,15 @@ def load_training(folder: str | os.PathLike) -> tuple[BertConfig, dict[str, torc
     for name in (OPTIMIZER, TRAINER):
         if name not in meta["sha256"]:
             raise BertkitError(f"{folder}: a model folder, not a training checkpoint (no {name})")
+    optimizer_state = load_pickle(folder / OPTIMIZER)
     try:
-        optimizer_state = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
-        raise BertkitError(f"{folder / OPTIMIZER}: unreadable ({str(e).splitlines()[0]})") from None
-    trainer = json.loads((folder / TRAINER).read_text())
+        trainer = json.loads((folder / TRAINER).read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise BertkitError(f"{folder / TRAINER}: unreadable ({e})") from None
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("step"), int) or trainer["step"] < 0:
+        raise BertkitError(f"{folder / TRAINER}: no step count in it")
+    if not isinstance(optimizer_state, dict) or not {"state", "param_groups"} <= set(optimizer_state):
+        raise BertkitError(f"{folder / OPTIMIZER}: not an optimizer state")
     return config, state, optimizer_state, trainer
 
 

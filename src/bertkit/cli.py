@@ -103,3 +103,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise BertkitError(message)
+
+    def _get_values(self, action, arg_strings):
+        # Python 3.11's argparse reads `--flag=--` as an empty list instead of refusing it.
+        if action.nargs in (None, "?") and action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)

@@ -21,6 +21,11 @@ GOOGLE_INERT_KEYS = {
 }
 
 
+# Past this, a size is damage or a typo: torch indexes tensors with 32-bit sizes in places, and no
+# BERT comes within orders of magnitude of it.
+MAX_SIZE = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class BertConfig:
     """The shape of a BERT model. Field names are the keys of Google's `bert_config.json`."""
@@ -42,8 +47,8 @@ class BertConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BertkitError(f"config: {name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+                raise BertkitError(f"config: {name} must be a positive integer up to {MAX_SIZE}, got {value!r:.40}")
         if self.hidden_size % self.num_attention_heads:
             raise BertkitError(f"config: hidden_size {self.hidden_size} is not a multiple of "
                                f"num_attention_heads {self.num_attention_heads}")
@@ -52,12 +57,13 @@ class BertConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise BertkitError(f"config: {name} must be in [0, 1), got {value!r}")
+                raise BertkitError(f"config: {name} must be in [0, 1), got {value!r:.40}")
         for name in ("initializer_range", "layer_norm_eps"):
             value = getattr(self, name)
+            # float() first: math.isfinite raises OverflowError on an int beyond a float's range
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    math.isfinite(value) and value > 0):
-                raise BertkitError(f"config: {name} must be a positive number, got {value!r}")
+                    0 < value <= 1e30 and math.isfinite(float(value))):
+                raise BertkitError(f"config: {name} must be a positive number, got {value!r:.40}")
 
     @property
     def head_size(self) -> int:
@@ -86,6 +92,8 @@ class BertConfig:
             raise BertkitError(f"{path}: no such config file") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BertkitError(f"{path}: not a JSON config ({e})") from None
+        except RecursionError:  # "[[[[..." deeper than the parser's stack
+            raise BertkitError(f"{path}: not a JSON config (nested too deeply)") from None
         except OSError as e:
             raise BertkitError(f"{path}: cannot read ({e.strerror})") from None
         return cls.from_dict(d, source=str(path))

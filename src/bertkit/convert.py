@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bertkit import BertkitError
-from bertkit.checkpoint import is_model_folder, load_model_folder, save_model
+from bertkit.checkpoint import check_shapes, is_model_folder, load_model_folder, load_pickle, save_model
 from bertkit.config import BertConfig
 
 # bertkit name, Hugging Face name, Google TF variable. "{i}" is the layer index. Google stores dense
@@ -132,26 +132,20 @@ def hf_config(d: dict, source: str) -> BertConfig:
 def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
     try:
         cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise BertkitError(f"{folder / 'config.json'}: unreadable ({e})") from None
     config = hf_config(cfg, str(folder / "config.json"))
-    if (folder / "model.safetensors").is_file():
+    path = folder / "model.safetensors"
+    if path.is_file():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            state = load_file(folder / "model.safetensors")
+            state = load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
-            raise BertkitError(f"{folder / 'model.safetensors'}: unreadable safetensors file ({e})") from None
+            raise BertkitError(f"{path}: unreadable safetensors file ({e})") from None
     elif (folder / "pytorch_model.bin").is_file():
         path = folder / "pytorch_model.bin"
-        try:  # weights_only: a pickle that would construct arbitrary objects is refused
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
-            # torch's message is many lines of advice (with terminal colours); keep only the cause.
-            lines = [x.strip() for x in str(e).split("WeightsUnpickler error:")[-1].splitlines() if x.strip()]
-            why = lines[0].split(". ")[0].rstrip(".") if lines else type(e).__name__
-            raise BertkitError(f"{path}: refused to load ({why}); only plain tensors are unpickled, "
-                               "never code") from None
+        state = load_pickle(path)  # a pickle that would construct arbitrary objects is refused
     else:
         raise BertkitError(f"{folder}: no model.safetensors or pytorch_model.bin")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
@@ -162,9 +156,11 @@ def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bo
     lower = True
     try:
         lower = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         pass
-    return config, from_hf(state, config.num_hidden_layers, str(folder)), vocab, lower
+    state = from_hf(state, config.num_hidden_layers, str(folder))
+    check_shapes(config, state, str(path), str(folder / "config.json"))
+    return config, state, vocab, lower
 
 
 def read_google(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
@@ -176,6 +172,7 @@ def read_google(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path
     config = BertConfig.from_json(folder / "bert_config.json")
     tensors = read_checkpoint(str(indexes[0])[: -len(".index")])
     state = from_google(tensors, config.num_hidden_layers, str(indexes[0]))
+    check_shapes(config, state, str(indexes[0]), str(folder / "bert_config.json"))
     # Google names its cased models "cased_L-..." and its uncased ones "uncased_L-...".
     lower = not re.search(r"(^|[^n])cased", folder.name)
     return config, state, folder / "vocab.txt", lower
@@ -200,12 +197,21 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
         raise BertkitError(f"{src}: no such checkpoint folder or zip")
     if is_model_folder(src):
         config, state, vocab, meta = load_model_folder(src)
-        return config, state, vocab, bool(meta.get("do_lower_case", True))
-    if (src / "config.json").is_file():
-        return read_hf(src)
-    if (src / "bert_config.json").is_file():
-        return read_google(src)
-    raise BertkitError(f"{src}: not a bertkit, Hugging Face or Google BERT checkpoint")
+        found = config, state, vocab, bool(meta.get("do_lower_case", True))
+    elif (src / "config.json").is_file():
+        found = read_hf(src)
+    elif (src / "bert_config.json").is_file():
+        found = read_google(src)
+    else:
+        raise BertkitError(f"{src}: not a bertkit, Hugging Face or Google BERT checkpoint")
+    config, vocab = found[0], found[2]
+    from bertkit.tokenizer import load_vocab
+
+    tokens = len(load_vocab(vocab))
+    if tokens > config.vocab_size:  # ids past the embedding table would crash the model
+        raise BertkitError(f"{vocab}: {tokens} tokens, more than the config's vocab_size "
+                           f"{config.vocab_size} (vocab and config of different models)")
+    return found
 
 
 def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, torch.Tensor],

@@ -38,7 +38,10 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, desc: st
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "bertkit"})
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "bertkit"})
+    except ValueError as e:  # "unknown url type": a path or a typo where a URL belongs
+        raise BertkitError(f"cannot download {url!r}: {e}") from None
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
@@ -106,6 +109,8 @@ def _sha256(path: Path) -> str:
 def _safe_target(root: Path, name: str, archive: Path) -> Path:
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise BertkitError(f"{archive}: member {name!r} has an absolute path; refusing to unpack")
+    if ".." in name.replace("\\", "/").split("/"):  # a Windows separator is one on Windows: refuse its escape too
+        raise BertkitError(f"{archive}: member {name!r} would land outside {root}; refusing to unpack")
     target = (root / name).resolve()
     if target != root and root not in target.parents:
         raise BertkitError(f"{archive}: member {name!r} would land outside {root}; refusing to unpack")
@@ -136,7 +141,8 @@ def extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
                 _safe_target(root, m.name, archive)
                 if not (m.isfile() or m.isdir()):
                     raise BertkitError(f"{archive}: member {m.name!r} is a link or special file; refusing to unpack")
-            t.extractall(root, members=members)
+            # The "data" filter (Python 3.12, backported to 3.8.17+) re-checks every member as it is written.
+            t.extractall(root, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     except tarfile.TarError as e:
         raise BertkitError(f"{archive}: not a zip or tar archive ({e})") from None
     return root

@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from bertkit import BertkitError
+
+# A write that fails for want of space: the disk is full, or the user's quota is spent.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True when `error`, or an error that caused it, is a write that found no space. safetensors
+    reports it in its message only, torch.save as a RuntimeError raised while handling it, and an
+    inner atomic_path as a BertkitError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return True
+        text = str(error).lower()
+        if "no space left on device" in text or "disk quota exceeded" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def os_error_message(error: OSError, where: str | os.PathLike) -> str:
+    """One line for an OSError met while writing under `where` (a full disk, a read-only folder)."""
+    path = error.filename or where
+    if is_disk_full(error):
+        return f"{path}: no space left on device (free some space or choose another folder)"
+    return f"{path}: {error.strerror or error}"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
-    On any exception the temporary file or folder is removed and `path` is left as it was.
+    On any exception the temporary file or folder is removed and `path` is left as it was. A full
+    disk (or spent quota) becomes a BertkitError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise BertkitError(f"{path}: cannot write there ({e.strerror or e})") from None
     target = tmp / path.name
     try:
         yield target
@@ -30,12 +64,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             _fsync(target)
         else:
             raise FileNotFoundError(f"nothing was written to {target}")
+        old = None
         if path.is_dir() and target.is_dir():
             # A folder cannot be renamed over a non-empty one: move the old one aside first.
             old = tmp / ".old"
             os.replace(path, old)
-        os.replace(target, path)
+        try:
+            os.replace(target, path)
+        except BaseException:
+            if old is not None:  # put the old folder back rather than delete it with the temporary one
+                os.replace(old, path)
+            raise
         _fsync_dir(path.parent)
+    except Exception as e:
+        if is_disk_full(e):
+            raise BertkitError(f"{path}: no space left on device while writing it; nothing was written "
+                               "(free some space or choose another folder)") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,6 +8,7 @@ bytes. The layout is TensorFlow's (tensorflow/core/util/tensor_bundle and core/l
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -74,15 +75,24 @@ def _block_entries(buf: bytes, off: int, size: int, source: str):
         pos += vlen
 
 
+# BundleEntryProto's fields and their wire types: dtype, shape, shard_id, offset, size (varints),
+# crc32c (fixed32), slices (a message). A field of another type is damage, not a newer format.
+ENTRY_WIRE = {1: 0, 2: 2, 3: 0, 4: 0, 5: 0, 6: 5, 7: 2}
+
+
 def _parse_entry(value) -> dict:
     entry = {"dtype": 0, "shape": [], "shard_id": 0, "offset": 0, "size": 0, "crc32c": None, "sliced": False}
-    for number, _, v in fields(value):
+    for number, wire, v in fields(value):
+        if ENTRY_WIRE.get(number, wire) != wire:
+            raise ProtoError(f"entry field {number} has wire type {wire}")
         if number == 1:
             entry["dtype"] = v
         elif number == 2:
-            for n, _, dim in fields(v):
+            for n, w, dim in fields(v):
                 if n == 2:
-                    size = next((s for k, _, s in fields(dim) if k == 1), 0)
+                    if w != 2:
+                        raise ProtoError(f"shape dimension with wire type {w}")
+                    size = next((s for k, kw, s in fields(dim) if k == 1 and kw == 0), 0)
                     entry["shape"].append(size)
         elif number == 3:
             entry["shard_id"] = v
@@ -111,7 +121,9 @@ def read_checkpoint(prefix: str | os.PathLike, verify: bool = True) -> dict[str,
         header = entries.pop("", None)
         num_shards = 1
         if header is not None:
-            for number, _, v in fields(header):
+            for number, wire, v in fields(header):
+                if number in (1, 2) and wire != 0:
+                    raise ProtoError(f"header field {number} has wire type {wire}")
                 if number == 1:
                     num_shards = v
                 elif number == 2 and v != 0:
@@ -140,7 +152,7 @@ def read_checkpoint(prefix: str | os.PathLike, verify: bool = True) -> dict[str,
         if verify and e["crc32c"] is not None and masked_crc32c(raw.tobytes()) != e["crc32c"]:
             raise BertkitError(f"{index_path}: tensor {name!r} fails its checksum (corrupt data file)")
         itemsize = 2 if dtype is None else np.dtype(dtype).itemsize
-        if int(np.prod(e["shape"], dtype=np.int64)) * itemsize != size:
+        if math.prod(e["shape"]) * itemsize != size:  # Python ints: a damaged shape cannot overflow
             raise BertkitError(f"{index_path}: tensor {name!r} has {size} bytes for shape {e['shape']}")
         if dtype is None:  # bfloat16: the high half of a float32
             arr = (np.frombuffer(raw.tobytes(), "<u2").astype(np.uint32) << 16).view(np.float32)

@@ -77,6 +77,8 @@ def _instance_flags(p) -> None:
               "the manifest, and the dataset reader uses it unless training sets its own.")
     flag(p, "do_whole_word_mask", type=parse_bool, default=False,
          help="Mask whole words at load time (recorded in the manifest, which the dataset reader honours).")
+    flag(p, "overwrite", type=parse_bool, default=False,
+         help="Replace a dataset made from other inputs or settings in the output folder (else refused).")
 
 
 def _vocab(args) -> str:
@@ -133,7 +135,7 @@ def _create(argv: list[str]) -> int:
         phases=[(args.max_seq_length, args.max_predictions_per_seq)], dupe_factor=args.dupe_factor,
         short_seq_prob=args.short_seq_prob, masked_lm_prob=args.masked_lm_prob,
         whole_word_mask=args.do_whole_word_mask, seed=args.random_seed, shard_mb=args.shard_mb,
-        sentence_splitter=args.sentence_splitter, workers=args.workers)
+        sentence_splitter=args.sentence_splitter, workers=args.workers, overwrite=args.overwrite)
     _report(prepare(config), started)
     return 0
 
@@ -250,7 +252,7 @@ def _prepare(argv: list[str]) -> int:
         whole_word_mask=args.do_whole_word_mask, seed=args.random_seed, test_fraction=args.test_fraction,
         name="books_wiki_en_corpus" if books else "wikicorpus_en",
         text_output=str(work / "formatted"), shard_mb=args.shard_mb,
-        sentence_splitter=args.sentence_splitter, workers=args.workers)
+        sentence_splitter=args.sentence_splitter, workers=args.workers, overwrite=args.overwrite)
     manifests = prepare(config, rank, world)
     if rank == 0:
         _report(manifests, started)

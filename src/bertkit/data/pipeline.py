@@ -34,7 +34,7 @@ from bertkit import BertkitError
 from bertkit.data import shards as shardfile
 from bertkit.data.text import (FORMATS, SPLITTERS, Job, documents, list_inputs, plan_jobs, read_piece,
                                sentence_splitter)
-from bertkit.io import write_atomic
+from bertkit.io import atomic_path, write_atomic
 
 SPLITS = ("training", "test")
 
@@ -63,6 +63,7 @@ class PrepareConfig:
     shard_mb: float = 16.0  # input text per job, hence per shard
     sentence_splitter: str = "blingfire"
     workers: int = 1  # local processes
+    overwrite: bool = False  # replace a dataset made from other inputs or settings in an output folder
 
     def __post_init__(self):
         if not self.inputs:
@@ -160,6 +161,8 @@ def prepare(config: PrepareConfig, rank: int | None = None, world: int | None = 
     vocab = _vocab_summary(config)
     jobs = plan_jobs(config.input_files(), int(config.shard_mb * 1e6))
     fingerprint = _fingerprint(config, vocab and vocab["sha256"], jobs)
+    if config.phases:
+        _claim_outputs(config, fingerprint, remove=rank == 0)
     markers = Path(config.output) / ".bertkit-prepare"
     failure = markers / f"failed-rank-{rank}.json"
     failure.unlink(missing_ok=True)
@@ -186,13 +189,34 @@ def prepare(config: PrepareConfig, rank: int | None = None, world: int | None = 
         raise BertkitError(f"{config.describe_inputs()}: no document of two or more sentences found "
                            "(empty input, or the wrong --input-format?)")
     for folder, manifest in manifests.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(config.vocab_file, folder / ".vocab.txt.tmp")
-        os.replace(folder / ".vocab.txt.tmp", folder / "vocab.txt")
+        with atomic_path(folder / "vocab.txt") as tmp:
+            shutil.copyfile(config.vocab_file, tmp)
         shardfile.write_manifest(folder, manifest)  # last: a dataset with a manifest is whole
         shutil.rmtree(folder / ".parts", ignore_errors=True)
     shutil.rmtree(markers, ignore_errors=True)
     return {str(folder): manifest for folder, manifest in manifests.items()}
+
+
+def _claim_outputs(config: PrepareConfig, fingerprint: str, remove: bool) -> None:
+    """Refuse to write a dataset over another one (made from other inputs or settings) unless
+    --overwrite, or into a folder of training checkpoints. With --overwrite the old manifest goes
+    first, so that the folder never passes for a finished dataset until the new one is."""
+    from bertkit.checkpoint import list_checkpoints
+
+    for folder in {config.dataset_dir(length, split) for length, _ in config.phases for split in config.splits}:
+        if list_checkpoints(folder):
+            raise BertkitError(f"{folder}: holds training checkpoints; choose another output folder for the dataset")
+        try:
+            old = json.loads((folder / shardfile.MANIFEST).read_text())
+        except (OSError, ValueError, RecursionError):
+            continue  # no dataset there (or an unreadable manifest, which no reader takes either)
+        if isinstance(old, dict) and old.get("fingerprint") == fingerprint:
+            continue  # this very dataset: finished, or to finish
+        if not config.overwrite:
+            raise BertkitError(f"{folder}: holds a dataset made from other inputs or settings; pass --overwrite "
+                               "to replace it, or choose another output folder")
+        if remove:
+            (folder / shardfile.MANIFEST).unlink(missing_ok=True)
 
 
 def _vocab_summary(config: PrepareConfig) -> dict | None:
@@ -210,7 +234,7 @@ def _vocab_summary(config: PrepareConfig) -> dict | None:
 def _fingerprint(config: PrepareConfig, vocab_sha: str | None, jobs: list[Job]) -> str:
     """What the output depends on: equal fingerprints mean equal output."""
     keys = {k: v for k, v in dataclasses.asdict(config).items()
-            if k not in ("inputs", "output", "vocab_file", "workers", "text_output")}
+            if k not in ("inputs", "output", "vocab_file", "workers", "text_output", "overwrite")}
     keys["vocab_sha256"] = vocab_sha
     keys["jobs"] = [[(p.describe(), p.fmt) for p in job.pieces] for job in jobs]
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:20]
@@ -344,9 +368,9 @@ def _write_part(folder: Path, job: Job, fingerprint: str, entry: dict) -> None:
 def _read_part(folder: Path, job: Job, fingerprint: str) -> dict | None:
     try:
         part = json.loads((folder / ".parts" / f"{job.name}.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return part if part.get("fingerprint") == fingerprint else None
+    return part if isinstance(part, dict) and part.get("fingerprint") == fingerprint else None
 
 
 def _part_folders(config: PrepareConfig) -> list[Path]:
@@ -360,9 +384,9 @@ def _manifest_entry(folder: Path, job: Job, fingerprint: str) -> dict | None:
     """A job's entry in a finished dataset of the same fingerprint (its part files are gone by then)."""
     try:
         manifest = json.loads((folder / shardfile.MANIFEST).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    if manifest.get("fingerprint") != fingerprint:
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
         return None
     empty = manifest.get("jobs_without_instances", {})
     if job.name in empty:

@@ -24,7 +24,7 @@ import numpy as np
 from bertkit import BertkitError
 from bertkit.data import shards as shardfile
 from bertkit.data.masking import instance_rng, mask_tokens, word_starts
-from bertkit.data.tfrecord import TFRecordFile
+from bertkit.data.tfrecord import FEATURES, TFRecordFile
 
 
 class PretrainingDataset:
@@ -87,7 +87,8 @@ class PretrainingDataset:
         return [self._open_tfrecord(path)]
 
     def _open_tfrecord(self, path: Path) -> _Source:
-        source = _TFRecordSource(path, self.skip_corrupt, self.max_seq_length, self.max_predictions)
+        source = _TFRecordSource(path, self.skip_corrupt, self.max_seq_length, self.max_predictions,
+                                 self.vocab_size)
         self.corrupt_skipped += source.records.corrupt_skipped
         return source
 
@@ -194,10 +195,12 @@ class _ShardSource(_Source):
                 if problem:
                     raise BertkitError(f"{problem} (corrupt shard; remake it or pass skip_corrupt/--skip-corrupt)")
                 self._verified[k] = True
-            shard = self._shards[k] = shardfile.Shard(path)
+            shard = shardfile.Shard(path)
+            shard.check_values(self.owner.vocab_size, self.owner.max_seq_length)
             if len(shard) != self.entries[k]["instances"]:
                 raise BertkitError(f"{path}: holds {len(shard)} instances, the manifest says "
                                    f"{self.entries[k]['instances']}")
+            self._shards[k] = shard  # only once checked: a caller that goes on after the error is not fooled
         return shard
 
     def verify(self, full: bool) -> None:
@@ -241,10 +244,12 @@ class _ShardSource(_Source):
 class _TFRecordSource(_Source):
     """A Google-format TFRecord file, with the masks its writer chose."""
 
-    def __init__(self, path: Path, skip_corrupt: bool, max_seq_length: int, max_predictions: int):
+    def __init__(self, path: Path, skip_corrupt: bool, max_seq_length: int, max_predictions: int,
+                 vocab_size: int):
         self.records = TFRecordFile(path, skip_corrupt)
         self.max_seq_length = max_seq_length
         self.max_predictions = max_predictions
+        self.vocab_size = vocab_size
 
     def __len__(self) -> int:
         return len(self.records)
@@ -252,25 +257,41 @@ class _TFRecordSource(_Source):
     def item(self, local: int, index: int) -> dict[str, np.ndarray]:
         ex = self.records.example(local)
         where = f"{self.records.path}: record {local}"
-        try:
-            length = int(ex["input_mask"].sum())
-            weights = ex["masked_lm_weights"]
-            n = int(np.count_nonzero(weights))
-            item = {"input_ids": ex["input_ids"][:length].astype(np.int32),
-                    "segment_ids": ex["segment_ids"][:length].astype(np.int8),
-                    "masked_lm_positions": ex["masked_lm_positions"][:n].astype(np.int32),
-                    "masked_lm_ids": ex["masked_lm_ids"][:n].astype(np.int32),
-                    "next_sentence_labels": np.array(int(ex["next_sentence_labels"][0]), dtype=np.int64)}
-        except KeyError as e:
-            raise BertkitError(f"{where}: lacks the feature {e.args[0]} of Google's pretraining schema") from None
-        except (IndexError, TypeError, AttributeError):
-            raise BertkitError(f"{where}: malformed pretraining features") from None
+        for key in FEATURES:
+            if key not in ex:
+                raise BertkitError(f"{where}: lacks the feature {key} of Google's pretraining schema")
+            if not isinstance(ex[key], np.ndarray) or (ex[key].dtype.kind != "i" and key != "masked_lm_weights"):
+                raise BertkitError(f"{where}: feature {key} is not a list of integers")
+        mask, weights = ex["input_mask"], ex["masked_lm_weights"]
+        length, n = int(np.count_nonzero(mask)), int(np.count_nonzero(weights))
         if length > self.max_seq_length:
             raise BertkitError(f"{where}: {length} tokens, longer than max_seq_length {self.max_seq_length}")
         if n > self.max_predictions:
             raise BertkitError(f"{where}: {n} masked positions, more than max_predictions_per_seq "
                                f"{self.max_predictions} (made with other settings?)")
-        return item
+        # What the model would otherwise meet as an index error mid-run (or, on a GPU, a device assert).
+        ids, segments = ex["input_ids"][:length], ex["segment_ids"][:length]
+        positions, labels = ex["masked_lm_positions"][:n], ex["masked_lm_ids"][:n]
+        problem = (
+            "input_mask is not ones then zeros" if not (mask[:length] == 1).all() else
+            "fewer input_ids or segment_ids than input_mask marks" if min(len(ids), len(segments)) < length else
+            "fewer masked_lm_positions or masked_lm_ids than masked_lm_weights mark"
+            if min(len(positions), len(labels)) < n else
+            f"input_ids outside the vocabulary [0, {self.vocab_size})" if _outside(ids, 0, self.vocab_size) else
+            "segment_ids other than 0 and 1" if _outside(segments, 0, 2) else
+            "masked_lm_positions outside the sequence" if _outside(positions, 0, length) else
+            f"masked_lm_ids outside the vocabulary [0, {self.vocab_size})" if _outside(labels, 0, self.vocab_size) else
+            "next_sentence_labels is not one 0 or 1"
+            if len(ex["next_sentence_labels"]) != 1 or _outside(ex["next_sentence_labels"], 0, 2) else None)
+        if problem:
+            raise BertkitError(f"{where}: {problem}")
+        return {"input_ids": ids.astype(np.int32), "segment_ids": segments.astype(np.int8),
+                "masked_lm_positions": positions.astype(np.int32), "masked_lm_ids": labels.astype(np.int32),
+                "next_sentence_labels": np.array(int(ex["next_sentence_labels"][0]), dtype=np.int64)}
+
+
+def _outside(values: np.ndarray, low: int, high: int) -> bool:
+    return bool(values.size) and (int(values.min()) < low or int(values.max()) >= high)
 
 
 def collate(samples: list[dict], max_predictions_per_seq: int, pad_to_multiple: int = 8,

@@ -30,6 +30,8 @@ from bertkit import BertkitError
 from bertkit.io import write_atomic
 
 MAGIC = b"BKSHARD\x01"
+# The arrays of a shard and the types each may have.
+ARRAYS = {"tokens": ("<u2", "<i4"), "offsets": ("<i8",), "segment_a": ("<u2",), "next_sentence": ("|u1",)}
 ALIGN = 64
 MANIFEST = "manifest.json"
 FORMAT = "bertkit-pretraining"
@@ -84,18 +86,45 @@ class Shard:
         try:
             header = json.loads(bytes(data[12:12 + n]))
             arrays = {}
-            for name, (offset, dtype, length) in header["arrays"].items():
+            for name in ARRAYS:
+                offset, dtype, length = header["arrays"][name]
+                # numpy parses some dtype strings with Python's parser: only names from the list reach it
+                if dtype not in ARRAYS[name] or not all(
+                        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (offset, length)):
+                    raise ValueError(f"array {name}: {[offset, dtype, length]!r:.60} is not an offset, "
+                                     f"one of the types {', '.join(ARRAYS[name])} and a length")
                 dtype = np.dtype(dtype)
                 if offset + length * dtype.itemsize > len(data):
                     raise ValueError(f"array {name} runs past the end of the file")
                 arrays[name] = data[offset:offset + length * dtype.itemsize].view(dtype)
-            self.tokens = arrays["tokens"]
-            self.offsets = arrays["offsets"]
-            self.segment_a = arrays["segment_a"]
-            self.next_sentence = arrays["next_sentence"]
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise BertkitError(f"{self.path}: malformed shard header ({e})") from None
+        self.tokens, self.offsets = arrays["tokens"], arrays["offsets"]
+        self.segment_a, self.next_sentence = arrays["segment_a"], arrays["next_sentence"]
         self.size = len(self.segment_a)
+        problem = self._layout_problem()
+        if problem:
+            raise BertkitError(f"{self.path}: malformed shard ({problem})")
+
+    def _layout_problem(self) -> str | None:
+        lengths = np.diff(self.offsets)  # (n,) tokens per instance
+        if len(self.offsets) != self.size + 1 or len(self.next_sentence) != self.size:
+            return "its arrays disagree on the number of instances"
+        if self.offsets[0] != 0 or self.offsets[-1] != len(self.tokens) or (lengths < 2).any():
+            return "its offsets do not cut its tokens into instances of two tokens or more"
+        if ((self.segment_a < 1) | (self.segment_a > lengths)).any() or (self.next_sentence > 1).any():
+            return "a segment length or next-sentence label is out of range"
+        return None
+
+    def check_values(self, vocab_size: int, max_length: int) -> None:
+        """Refuse ids the model has no embedding for and instances longer than it takes: they would
+        fail mid-run as an index error (on a GPU, a device assert)."""
+        if self.size and int(self.tokens.max()) >= vocab_size:
+            raise BertkitError(f"{self.path}: holds token id {int(self.tokens.max())}, outside the vocabulary of "
+                               f"{vocab_size}")
+        if self.size and int(np.diff(self.offsets).max()) > max_length:
+            raise BertkitError(f"{self.path}: holds an instance of {int(np.diff(self.offsets).max())} tokens, "
+                               f"longer than {max_length}")
 
     def __len__(self) -> int:
         return self.size
@@ -152,18 +181,65 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise BertkitError(f"{folder}: no {MANIFEST} (not a bertkit dataset, or its creation did not "
                            "finish: run it again to complete it)") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise BertkitError(f"{path}: unreadable manifest ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise BertkitError(f"{path}: not a version-{VERSION} {FORMAT} manifest")
-    for key in ("settings", "shards", "instances"):
-        if key not in manifest:
-            raise BertkitError(f"{path}: manifest lacks {key!r}")
+    for key, kind in (("settings", dict), ("shards", list), ("instances", int)):
+        if not isinstance(manifest.get(key), kind):
+            raise BertkitError(f"{path}: manifest has no valid {key!r} ({kind.__name__} expected)")
+    problem = _settings_problem(manifest["settings"])
+    if problem:
+        raise BertkitError(f"{path}: {problem}")
     for shard in manifest["shards"]:
-        for key in ("file", "bytes", "sha256", "crc32c", "instances"):
-            if key not in shard:
-                raise BertkitError(f"{path}: a shard entry lacks {key!r}")
+        problem = _entry_problem(shard)
+        if problem:
+            raise BertkitError(f"{path}: a shard entry {problem}")
     return manifest
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _settings_problem(s: dict) -> str | None:
+    """Why the settings that readers use are not usable, or None."""
+    ids = s.get("special_ids")
+    vocab = s["vocab_size"] if _count(s.get("vocab_size")) else 0
+    checks = {
+        "max_seq_length": _count(s.get("max_seq_length")) and s["max_seq_length"] > 0,
+        "max_predictions_per_seq": _count(s.get("max_predictions_per_seq")),
+        "vocab_size": _count(s.get("vocab_size")) and s["vocab_size"] > 0,
+        "masked_lm_prob": isinstance(s.get("masked_lm_prob"), (int, float)) and not isinstance(
+            s["masked_lm_prob"], bool) and 0 <= s["masked_lm_prob"] <= 1,
+        "whole_word_mask": isinstance(s.get("whole_word_mask", False), bool),
+        "special_ids": isinstance(ids, dict) and all(
+            _count(ids.get(k)) and ids[k] < vocab for k in ("cls", "sep", "mask", "pad")),
+        "vocab_file": _plain_name(s.get("vocab_file", "vocab.txt")),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    return f"settings.{bad[0]} is missing or invalid ({s.get(bad[0])!r:.40})" if bad else None
+
+
+def _plain_name(name) -> bool:
+    """A file name inside the dataset folder: no path, no way out."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+# What a manifest's shard entry holds, and the type of each.
+ENTRY = {"file": str, "bytes": int, "sha256": str, "crc32c": int, "instances": int}
+
+
+def _entry_problem(shard) -> str | None:
+    if not isinstance(shard, dict):
+        return "is not an object"
+    for key, kind in ENTRY.items():
+        value = shard.get(key)
+        if not (_count(value) if kind is int else isinstance(value, str)):
+            return f"has no valid {key!r} ({'a whole number' if kind is int else 'text'} expected, got {value!r:.40})"
+    if not _plain_name(shard["file"]):
+        return f"names {shard['file']!r:.60}, not a file in the dataset folder"
+    return None
 
 
 def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:

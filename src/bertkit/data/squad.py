@@ -106,6 +106,8 @@ def load_json(path: str | os.PathLike) -> object:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BertkitError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+    except RecursionError:  # "[[[[..." deeper than the parser's stack
+        raise BertkitError(f"{path}: malformed JSON (nested too deeply)") from None
 
 
 def iter_questions(data: object, path: str | os.PathLike):

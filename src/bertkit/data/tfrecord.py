@@ -85,6 +85,9 @@ class TFRecordFile:
                 problem = "it ends early"
         except zlib.error as e:
             problem = str(e)  # whatever was inflated before the damage is kept
+        except OSError as e:  # the temporary folder is full or not writable
+            out.close()
+            raise BertkitError(f"{self.path}: cannot inflate into {tempfile.gettempdir()} ({e.strerror})") from None
         if problem:
             if not self.skip_corrupt:
                 out.close()
@@ -186,7 +189,10 @@ def parse_example(payload: bytes | memoryview) -> dict[str, np.ndarray | list[by
             key, feature = None, b""
             for k, kw, value in fields(entry):
                 if k == 1 and kw == 2:
-                    key = bytes(value).decode("utf-8")
+                    try:
+                        key = bytes(value).decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtoError("a feature name that is not UTF-8") from None
                 elif k == 2 and kw == 2:
                     feature = value
             if key is None:

@@ -7,11 +7,15 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bertkit import BertkitError
 from bertkit.checkpoint import latest_checkpoint, list_checkpoints
 from bertkit.cli import flag, parse_bool
 from bertkit.io import write_atomic
+
+if TYPE_CHECKING:
+    from bertkit.config import BertConfig
 
 BUNDLED_VOCAB = Path(__file__).resolve().parents[1] / "assets" / "vocab" / "uncased_vocab.txt"
 
@@ -81,8 +85,13 @@ def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: boo
             if found is not None:
                 return found
         if not overwrite:
-            why = "--noresume was given" if same else _difference(saved, run)
-            raise BertkitError(f"{output_dir} holds checkpoints of another run ({why}); pass --overwrite "
+            if not same:
+                why = f"of another run ({_difference(saved, run)})"
+            elif resume:
+                why = "of this run, but none of them passes its checksums"
+            else:
+                why = "of this run, and --noresume was given"
+            raise BertkitError(f"{output_dir} holds checkpoints {why}; pass --overwrite "
                                "to delete them or choose another --output_dir")
         if is_main:
             for folder in existing:
@@ -101,7 +110,7 @@ VOLATILE = {"num_train_steps", "save_checkpoints_steps", "log_every", "keep_chec
 def _saved_run(output_dir: Path) -> dict | None:
     try:
         return json.loads((Path(output_dir) / "run.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -110,3 +119,26 @@ def _difference(saved: dict | None, run: dict) -> str:
         return "no run.json"
     keys = sorted(k for k in set(saved) | set(run) if k not in VOLATILE and saved.get(k) != run.get(k))
     return "differs in " + ", ".join(f"{k}: {saved.get(k)!r} -> {run.get(k)!r}" for k in keys[:4])
+
+
+def initial_weights(init_checkpoint: str | None, do_lower_case: bool
+                    ) -> tuple[BertConfig | None, dict | None, Path | None, bool]:
+    """(config, state, vocab, lowercase) of an --init_checkpoint, or (None, None, None,
+    do_lower_case) without one. The checkpoint may be anything `bertkit convert` reads, or a
+    training output folder (its newest valid checkpoint is taken)."""
+    if not init_checkpoint:
+        return None, None, None, do_lower_case
+    import atexit
+    import tempfile
+
+    from bertkit.convert import read_any
+
+    src = Path(init_checkpoint)
+    if src.is_dir() and list_checkpoints(src):  # a training output folder: its newest checkpoint
+        found = latest_checkpoint(src)
+        if found is None:
+            raise BertkitError(f"--init_checkpoint: {src} holds no valid checkpoint")
+        src = found
+    work = tempfile.mkdtemp(prefix="bertkit-init-")  # a zip unpacks here; its vocab is used all run
+    atexit.register(shutil.rmtree, work, True)
+    return read_any(src, work)
