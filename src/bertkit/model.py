@@ -62,19 +62,20 @@ class Layer(nn.Module):
         self.p_attn = cfg.attention_probs_dropout_prob
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, H); mask: (B, 1, 1, T) bool, True where a key may be attended, or None."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, H); mask: (B, 1, 1, T) bool, True where a key may be attended, or None.
+        With `rows` (B, R) positions, only those positions query and come out: (B, R, H)."""
         B, T, H = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, T, self.nh, H // self.nh).transpose(1, 2)  # (B, nh, T, hs)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        hs = H // self.nh
+        xq = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, H))  # (B, R, H)
+        q = self.query(xq).view(B, -1, self.nh, hs).transpose(1, 2)  # (B, nh, R, hs)
+        k, v = (f(x).view(B, T, self.nh, hs).transpose(1, 2) for f in (self.key, self.value))  # (B, nh, T, hs)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.p_attn if self.training else 0.0)
-        a = a.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
-        x = self.attn_norm(x + self.drop(self.out(a)))
-        return self.ffn_norm(x + self.drop(self.down(self.act(self.up(x)))))
+        a = a.transpose(1, 2).reshape(B, -1, H)  # (B, R, H)
+        xq = self.attn_norm(xq + self.drop(self.out(a)))
+        return self.ffn_norm(xq + self.drop(self.down(self.act(self.up(xq)))))
 
 
 class BertModel(nn.Module):
@@ -89,13 +90,20 @@ class BertModel(nn.Module):
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                attention_mask: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids, token_type_ids: (B, T) int; attention_mask: (B, T), 1 for real tokens and 0 for
-        padding, or None when nothing is padded (faster: no mask in attention)."""
+        padding, or None when nothing is padded (faster: no mask in attention).
+
+        `rows` (B, R), the positions whose outputs a head reads, first of them [CLS] (0) when the
+        pooler is used: the last layer then runs its queries, feed-forward and norms on those
+        positions only and returns (B, R, H). The same numbers, less work: a classifier needs [CLS]
+        alone, the pretraining heads [CLS] and the masked positions."""
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        for layer in self.layers:
-            x = layer(x, mask)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, rows if i == last else None)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, H)
         return x, pooled
 
@@ -130,9 +138,13 @@ class BertForPreTraining(nn.Module):
         """Returns MLM logits and NSP logits (B, 2). With `masked_positions` (B, P) the vocabulary
         projection runs on those positions only and the MLM logits are (B, P, V); without, on every
         position: (B, T, V). The projection is most of a small model's work, so pass the positions."""
-        x, pooled = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, H), (B, H)
+        rows = None
         if masked_positions is not None:
-            x = x.gather(1, masked_positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, P, H)
+            cls = torch.zeros_like(masked_positions[:, :1])
+            rows = torch.cat([cls, masked_positions], 1)  # (B, 1 + P)
+        x, pooled = self.bert(input_ids, token_type_ids, attention_mask, rows)  # (B, 1 + P or T, H), (B, H)
+        if masked_positions is not None:
+            x = x[:, 1:]  # (B, P, H)
         return self.mlm(x, self.bert.embeddings.word.weight), self.nsp(pooled)
 
 
@@ -162,7 +174,8 @@ class BertForSequenceClassification(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Returns logits (B, num_labels) from the pooled [CLS] vector."""
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        cls = torch.zeros_like(input_ids[:, :1])  # (B, 1): the pooler reads [CLS] alone
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, cls)
         return self.classifier(self.drop(pooled))
 
 
