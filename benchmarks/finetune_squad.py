@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--predict_file", str(ev), "--do_predict", "--init_checkpoint", str(model_dir),
                      "--output_dir", str(ours_out), "--learning_rate", str(args.lr),
                      "--num_train_epochs", str(args.epochs), "--train_batch_size", "32",
+                     "--warmup_proportion", "0.1", "--layerwise_lr_decay", "1",  # the peer's schedule
                      "--max_seq_length", str(args.max_seq_length), "--doc_stride", str(args.doc_stride),
                      "--precision", precision, "--seed", str(args.seed), "--device", "cpu", "--overwrite",
                      "--noresume", "--log_every", "10", *args.ours_flags.split()],

@@ -28,6 +28,8 @@ from bertkit.tasks.pretrain import pretraining_loss
 
 
 def flops_per_seq(cfg, T: int, P: int) -> float:
+    """The conventional count (every layer at every position), the one published GPU figures use;
+    bertkit's last layer does less, so its MFU here is what a full model would need to match."""
     L, H, I, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     return 3 * (L * (2 * T * (4 * H * H + 2 * H * I) + 4 * T * T * H) + 2 * P * (H * H + H * V) + 2 * H * H + 4 * H)
 

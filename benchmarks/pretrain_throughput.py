@@ -6,12 +6,14 @@ measures the peak of a large matrix product in each precision, and each model's 
 share of it (MFU).
 
 FLOPs per sequence (T tokens, P masked positions, L layers, H hidden, I intermediate, V vocab):
-    forward  = L * (2*T*(4*H*H + 2*H*I) + 4*T*T*H)      # projections and feed-forward; QK^T and AV
+    forward  = (L-1) * (2*T*(4*H*H + 2*H*I) + 4*T*T*H)  # projections and feed-forward; QK^T and AV
+             + 2*T*2*H*H + 2*R*(2*H*H + 2*H*I) + 4*R*T*H  # last layer: keys and values at all T,
+                                                         #   the rest at the R = 1 + P rows read
              + 2*P*(H*H + H*V)                           # masked-LM transform and decoder, P positions
              + 2*H*H + 4*H                               # pooler and next-sentence head
     training = 3 * forward                               # backward costs twice the forward
-Both models are credited with the same useful FLOPs (the peer also projects the unmasked positions,
-which the task does not need), so the MFU ratio equals the throughput ratio.
+Both models are credited with the same useful FLOPs (the peer also computes the last layer and the
+vocabulary projection at positions no loss reads), so the MFU ratio equals the throughput ratio.
 
     python benchmarks/pretrain_throughput.py --variants tiny mini small base --precisions bf16 fp32 --json out.json
 """
@@ -23,7 +25,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,10 @@ def batch(B: int, T: int, P: int, V: int, seed: int = 0) -> dict[str, torch.Tens
 
 def flops_per_seq(cfg, T: int, P: int) -> float:
     L, H, I, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    forward = L * (2 * T * (4 * H * H + 2 * H * I) + 4 * T * T * H) + 2 * P * (H * H + H * V) + 2 * H * H + 4 * H
+    R = 1 + P  # rows the heads read from the last layer: [CLS] and the masked positions
+    layer = 2 * T * (4 * H * H + 2 * H * I) + 4 * T * T * H
+    last = 2 * T * 2 * H * H + 2 * R * (2 * H * H + 2 * H * I) + 4 * R * T * H
+    forward = (L - 1) * layer + last + 2 * P * (H * H + H * V) + 2 * H * H + 4 * H
     return 3 * forward
 
 
@@ -138,9 +142,12 @@ def compare(name: str, precision: str, B: int, T: int, P: int, repeats: int, ste
 
 def peak_rss(impl: str, name: str, precision: str, B: int, T: int, P: int, optimizer: str) -> float:
     """Peak resident memory (MB) of a fresh process running a few steps of one implementation."""
-    code = (f"import resource, torch; from benchmarks.pretrain_throughput import *; cfg = variant({name!r}); "
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of
+    # this (large) process would report the parent's peak.
+    code = (f"import re, torch; from benchmarks.pretrain_throughput import *; cfg = variant({name!r}); "
             f"b = batch({B}, {T}, {P}, cfg.vocab_size); m = {impl}(cfg, {precision!r}, {optimizer!r}); "
-            f"[m.step(b) for _ in range(3)]; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            f"[m.step(b) for _ in range(3)]; "
+            f"print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
-"""Real learning on real text: phase 1 from scratch on WikiText-2 validation text (54 articles), with
-masked-LM loss measured on 6 held-out articles, then phase 2 at sequence length 512 from phase 1's
-last checkpoint. Prints the curve, writes the logs and a plot.
+"""Real learning on real text: phase 1 from scratch on WikiText-2 validation text (60 articles), with
+masked-LM loss measured on held-out articles (every 10th), then phase 2 at sequence length 512 from
+phase 1's last checkpoint. Prints the curve, writes the logs and a plot.
 
-    python benchmarks/pretrain_wikitext.py --out runs/wikitext --steps 600
+    python benchmarks/pretrain_wikitext.py --out runs/wikitext --steps 1200
 
 Needs ../shared/data/corpus/wikitext-2-raw/wiki.valid.raw (or --text).
 """
@@ -21,14 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
 
 
-def split_articles(raw: Path, held_out: int, out: Path) -> tuple[Path, Path]:
-    """Cut WikiText at its ` = Title = ` lines; the last `held_out` articles become the test text."""
+def split_articles(raw: Path, every: int, out: Path) -> tuple[Path, Path]:
+    """Cut WikiText at its ` = Title = ` lines; every `every`-th article becomes test text, so the
+    held-out articles are spread over the file like the training ones."""
     lines = raw.read_text(encoding="utf-8").splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if re.match(r"^ = [^=].* = $", line.rstrip("\n"))]
-    cut = starts[-held_out]
+    bounds = list(zip(starts, starts[1:] + [len(lines)]))
+    parts: dict[bool, list[str]] = {True: [], False: []}
+    for k, (a, b) in enumerate(bounds):
+        parts[k % every == every - 1] += lines[a:b]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.raw").write_text("".join(lines[:cut]), encoding="utf-8")
-    (out / "heldout.raw").write_text("".join(lines[cut:]), encoding="utf-8")
+    (out / "train.raw").write_text("".join(parts[False]), encoding="utf-8")
+    (out / "heldout.raw").write_text("".join(parts[True]), encoding="utf-8")
+    print(f"{len(bounds)} articles: {len(bounds) // every} held out", flush=True)
     return out / "train.raw", out / "heldout.raw"
 
 
@@ -43,15 +48,16 @@ def main() -> None:
     p.add_argument("--out", default="runs/wikitext")
     p.add_argument("--text", default=str(RAW))
     p.add_argument("--variant", default="tiny")
-    p.add_argument("--steps", type=int, default=600, help="Phase-1 steps.")
+    p.add_argument("--steps", type=int, default=1200, help="Phase-1 steps.")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--warmup", type=int, default=60)
     p.add_argument("--phase2_steps", type=int, default=20)
-    p.add_argument("--eval_every", type=int, default=50)
+    p.add_argument("--eval_every", type=int, default=100)
+    p.add_argument("--held_out_every", type=int, default=10)
     args = p.parse_args()
     out = Path(args.out)
-    train_txt, held_txt = split_articles(Path(args.text), 6, out / "text")
+    train_txt, held_txt = split_articles(Path(args.text), args.held_out_every, out / "text")
     for name, txt, seq, preds, dupe in (("train128", train_txt, 128, 20, 5), ("heldout128", held_txt, 128, 20, 1),
                                         ("train512", train_txt, 512, 80, 1)):
         if not (out / name / "manifest.json").exists():

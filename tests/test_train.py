@@ -2,6 +2,8 @@
 
 import json
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -80,6 +82,18 @@ def test_prefetched_stream_matches_direct():
     for u in range(7, 12):
         got, want = next(it), s.batch(u)
         assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_closing_the_stream_joins_its_thread():
+    """The prefetch thread ends with the iterator: a thread left inside torch when the
+    interpreter exits can abort the process."""
+    s = Stream(Instances(n=30), 4, collate, seed=5, prefetch=2)
+    it = s.iterate()
+    next(it)
+    time.sleep(0.2)  # let the worker fill the queue and block on it
+    assert any(t.name == "bertkit-prefetch" for t in threading.enumerate())
+    it.close()
+    assert not any(t.name == "bertkit-prefetch" for t in threading.enumerate())
 
 
 def test_nonfinite_loss_stops_and_names_the_step(tmp_path):

@@ -75,20 +75,22 @@ class Stream:
         q: queue.Queue = queue.Queue(self.prefetch)
         stop = threading.Event()
 
+        def put(entry: tuple) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(entry, timeout=0.1)
+                    return
+                except queue.Full:
+                    pass
+
         def work() -> None:
             u = start
             try:
                 while not stop.is_set():
-                    item = self.batch(u)
-                    while not stop.is_set():
-                        try:
-                            q.put(("ok", item), timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
+                    put(("ok", self.batch(u)))
                     u += 1
             except BaseException as e:  # noqa: BLE001 - handed to the training thread to raise
-                q.put(("error", e))
+                put(("error", e))
 
         thread = threading.Thread(target=work, name="bertkit-prefetch", daemon=True)
         thread.start()
@@ -99,7 +101,10 @@ class Stream:
                     raise item
                 yield item
         finally:
+            # Joined, not left to die with the interpreter: a daemon thread still inside torch
+            # at exit can abort the process ("terminate called without an active exception").
             stop.set()
+            thread.join()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -229,14 +229,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
     if cfg.fp32_modules and cfg.precision != "fp32":
         keep_fp32(unwrap(model), cfg.fp32_modules, d.device.type)
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    batches = stream.iterate(start_step * accum)
+    batches = contextlib.closing(stream.iterate(start_step * accum))
     model.train()
     window: dict[str, torch.Tensor] = {}
     seqs = tokens = window_steps = skipped = 0
     t0 = time.perf_counter()
     last: dict = {}
     step = start_step
-    with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
+    with batches as batches, contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
         while step < cfg.total_steps:
             lr = cfg.lr * cfg.schedule(step)
             for group in optimizer.param_groups:
