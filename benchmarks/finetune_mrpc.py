@@ -77,7 +77,7 @@ def peer_finetune(model_dir: Path, data_dir: Path, lr: float, epochs: float, bat
                   precision: str = "fp32", threads: int | None = None) -> dict:
     import torch
     import torch.nn.functional as F
-    from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     if threads:
         torch.set_num_threads(threads)
@@ -100,13 +100,33 @@ def peer_finetune(model_dir: Path, data_dir: Path, lr: float, epochs: float, bat
     train_items, dev_items = encode(train), encode(dev)
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(str(model_dir), num_labels=2)
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, eps=1e-6)
-    steps = int(len(train_items) / batch_size * epochs)
+    steps, seconds = peer_train(model, train_items, collate, len(train_items), lr, epochs, batch_size,
+                                warmup_proportion, seed, precision)
+    amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    model.eval()
+    preds = []
+    with torch.no_grad(), torch.autocast(**amp):
+        for i in range(0, len(dev_items), 64):
+            preds += model(**collate(dev_items[i:i + 64])).logits.float().argmax(-1).tolist()
+    labels = [x["label"] for x in dev_items]
+    return {"steps": steps, "train_seconds": round(seconds, 2), **accuracy_f1(preds, labels)}
+
+
+def peer_train(model, items: list, collate, num_examples: int, lr: float, epochs: float, batch_size: int,
+               warmup_proportion: float, seed: int, precision: str) -> tuple[int, float]:
+    """The peer's plain PyTorch loop, shared by the MRPC and SQuAD benchmarks: AdamW (no decay for
+    biases and LayerNorm), linear warmup and decay, clipping at 1.0, random batches; steps =
+    int(num_examples / batch_size * epochs). Returns the steps and the seconds they took."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n  # noqa: E731
+    opt = torch.optim.AdamW([
+        {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-6)
+    steps = int(num_examples / batch_size * epochs)
     sched = get_linear_schedule_with_warmup(opt, int(steps * warmup_proportion), steps)
-    loader = torch.utils.data.DataLoader(train_items, batch_size=batch_size, shuffle=True, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, collate_fn=collate,
                                          generator=torch.Generator().manual_seed(seed))
     amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
@@ -123,14 +143,7 @@ def peer_finetune(model_dir: Path, data_dir: Path, lr: float, epochs: float, bat
             done += 1
             if done == steps:
                 break
-    seconds = time.perf_counter() - t0
-    model.eval()
-    preds = []
-    with torch.no_grad(), torch.autocast(**amp):
-        for i in range(0, len(dev_items), 64):
-            preds += model(**collate(dev_items[i:i + 64])).logits.float().argmax(-1).tolist()
-    labels = [x["label"] for x in dev_items]
-    return {"steps": steps, "train_seconds": round(seconds, 2), **accuracy_f1(preds, labels)}
+    return steps, time.perf_counter() - t0
 
 
 def accuracy_f1(preds: list[int], labels: list[int]) -> dict:

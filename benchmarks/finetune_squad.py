@@ -76,7 +76,7 @@ def peer_squad(model_dir: Path, train_path: Path, eval_path: Path, out: Path, lr
                threads: int | None = None) -> dict:
     import numpy as np
     import torch
-    from transformers import AutoTokenizer, BertForQuestionAnswering, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer, BertForQuestionAnswering
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,32 +110,11 @@ def peer_squad(model_dir: Path, train_path: Path, eval_path: Path, out: Path, lr
 
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(str(model_dir))
-    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n  # noqa: E731
-    opt = torch.optim.AdamW([
-        {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-6)
-    steps = int(len(train) / batch_size * epochs)
-    sched = get_linear_schedule_with_warmup(opt, int(steps * 0.1), steps)
-    loader = torch.utils.data.DataLoader(
-        items, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-        collate_fn=lambda rows: {**collate(rows), "start_positions": torch.tensor([r[2] for r in rows]),
-                                 "end_positions": torch.tensor([r[3] for r in rows])})
+    labelled = lambda rows: {**collate(rows), "start_positions": torch.tensor([r[2] for r in rows]),  # noqa: E731
+                             "end_positions": torch.tensor([r[3] for r in rows])}
+    # Steps count questions, not windows, as Google's run_squad.py does.
+    steps, seconds = fm.peer_train(model, items, labelled, len(train), lr, epochs, batch_size, 0.1, seed, precision)
     amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-    model.train()
-    done, t0 = 0, time.perf_counter()
-    while done < steps:
-        for b in loader:
-            with torch.autocast(**amp):
-                loss = model(**b).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            done += 1
-            if done == steps:
-                break
-    seconds = time.perf_counter() - t0
 
     enc = windows(ev)
     model.eval()
