@@ -172,8 +172,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        server.sent += len(body)  # before the write: the client may return as soon as it has the bytes
         self.wfile.write(body)
-        server.sent += len(body)
 
 
 @pytest.fixture

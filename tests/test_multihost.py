@@ -15,6 +15,7 @@ import pytest
 
 from bertkit import BertkitError, launcher
 from bertkit.launch import ssh_shell
+from conftest import free_port
 from launch_runs import assert_same_weights, overfit_argv, reference, shared
 
 
@@ -158,7 +159,7 @@ def test_mpirun_ranks_from_openmpi(mpirun, tmp_path_factory):
     root = shared(tmp_path_factory)
     one = reference(tmp_path_factory)
     out = root / "mpirun"
-    port = str(random.randrange(30000, 40000))
+    port = str(free_port())
     done = subprocess.run(
         [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "MASTER_ADDR=127.0.0.1",
          "-x", f"MASTER_PORT={port}", "-x", "PATH", "-x", "OMP_NUM_THREADS=1",

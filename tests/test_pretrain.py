@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from bertkit.checkpoint import list_checkpoints
 from bertkit.cli import main as cli
-from conftest import FIXTURES
+from conftest import FIXTURES, free_port
 
 TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 128}
@@ -53,7 +53,7 @@ def test_two_processes_equal_accumulation(dataset, tmp_path):
     one = run(args(dataset, tmp_path / "one", steps=5, num_accumulation_steps=2, learning_rate=1e-2))
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29611", "-m", "bertkit", "pretrain",
+                          "--master_port", str(free_port()), "-m", "bertkit", "pretrain",
                           *args(dataset, tmp_path / "two", steps=5, learning_rate=1e-2)],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr
