@@ -231,6 +231,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every side-by-side fine-tuning benchmark takes."""
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=None, help="Threads per side (default: torch's).")
+    p.add_argument("--parallel", action="store_true", help="Run both sides at once, one thread each.")
+    p.add_argument("--ours_flags", default="", help="Extra flags for bertkit, e.g. '--group_by_length=false'.")
+    p.add_argument("--workdir", default=None, help="Keep outputs and logs here (default: a temporary folder).")
+    p.add_argument("--json", default=None, help="Write the results here.")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_peer":
@@ -239,16 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default="2e-5:3,1e-4:5", help="LR:EPOCHS,... (default: the two reference recipes)")
     p.add_argument("--epochs", type=float, default=None, help="Override every recipe's epochs.")
     p.add_argument("--max_train_examples", type=int, default=None, help="Train on the first N rows only.")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    p.add_argument("--threads", type=int, default=None, help="Threads per side (default: torch's).")
-    p.add_argument("--parallel", action="store_true", help="Run both sides at once, one thread each.")
     p.add_argument("--seeds", default="12345", help="Comma-separated seeds; each recipe runs once per seed.")
     p.add_argument("--ours_only", action="store_true")
     p.add_argument("--peer_only", action="store_true")
-    p.add_argument("--ours_flags", default="", help="Extra flags for bertkit, e.g. '--group_by_length=false'.")
     p.add_argument("--model", default=None, help="Pretrained model folder (default: the MiniLM package).")
-    p.add_argument("--workdir", default=None, help="Keep outputs and logs here (default: a temporary folder).")
-    p.add_argument("--json", default=None, help="Write the results here.")
+    side_by_side_flags(p)
     args = p.parse_args(argv)
     precision = pick_precision(args.precision)
     threads = 1 if args.parallel else args.threads

@@ -170,12 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_seq_length", type=int, default=384)
     p.add_argument("--doc_stride", type=int, default=128)
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--parallel", action="store_true", help="Run both sides at once, one thread each.")
-    p.add_argument("--ours_flags", default="")
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--json", default=None)
+    fm.side_by_side_flags(p)
     args = p.parse_args(argv)
     precision = fm.pick_precision(args.precision)
     threads = 1 if args.parallel else args.threads

@@ -170,3 +170,39 @@ def test_minilm_hidden_states_match_transformers(monkeypatch):
             alone, _ = ours(ids[i:i + 1, :len(r)], types[i:i + 1, :len(r)])
             torch.testing.assert_close(alone[0], x[i, :len(r)], rtol=0, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_draws_p_on_every_element_and_keeps_the_mean(p):
+    """The CPU dropout compares 32 random bits per element with p: at p 0.5 that is each element's
+    top bit, so a generator that left any bit fixed (e.g. the sign of each 64-bit word, every second
+    element here) would show up on the even or the odd elements."""
+    from bertkit.model import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, requires_grad=True)
+    y = dropout(x, p, True)
+    dropped = y == 0
+    for part in (dropped[0::2], dropped[1::2]):
+        assert abs(part.float().mean().item() - p) < 5 * (p * (1 - p) / part.numel()) ** 0.5
+    assert torch.allclose(y[~dropped], torch.tensor(1 / (1 - p)), rtol=1e-6)  # the kept are scaled up
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(dropout)/dx is the same mask and scale
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, True), y)  # seeded like torch's own dropout
+    assert dropout(x, p, False) is x
+
+
+def test_cpu_training_attention_equals_sdpa():
+    """The spelled-out attention used for training on a CPU equals scaled_dot_product_attention when
+    no weight is dropped (p below 2**-33 rounds to a cut of 0), with and without a padding mask."""
+    from bertkit.model import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    mask[1, ..., 3:] = False
+    for m in (None, mask):
+        ours = attention(q, k, v, m, 1e-12)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        assert (ours - ref).abs().max() < 1e-6

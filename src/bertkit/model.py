@@ -24,6 +24,43 @@ def activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout. On a CPU the mask comes from 32 random bits per element compared with p * 2**32:
+    2.5x faster than torch's Bernoulli sampling there (benchmarks/README.md), the same draw to within
+    2**-32 of p, from the same seeded generator. Elsewhere, torch's fused dropout."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2**63, None).view(torch.int32)[:n]
+    cut = round(p * 2**32)  # elements whose bits fall below cut - 2**31 are dropped
+    keep = bits.view(x.shape) >= cut - 2**31
+    return torch.where(keep, x, 0.0).mul_(2**32 / (2**32 - cut))
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) v over keys where `mask` is True, with dropout `p` on the weights.
+    Training on a CPU spells it out so the weights take the faster dropout above (torch's own
+    fallback would sample Bernoulli); otherwise scaled_dot_product_attention's fused kernels."""
+    if p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, R, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # [CLS] is never masked: no empty row
+    return dropout(scores.softmax(-1), p, True) @ v
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -31,7 +68,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.drop = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         T = input_ids.shape[1]
@@ -60,7 +97,7 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
         self.act = activation(cfg.hidden_act)
         self.p_attn = cfg.attention_probs_dropout_prob
-        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.drop = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,8 +108,7 @@ class Layer(nn.Module):
         xq = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, H))  # (B, R, H)
         q = self.query(xq).view(B, -1, self.nh, hs).transpose(1, 2)  # (B, nh, R, hs)
         k, v = (f(x).view(B, T, self.nh, hs).transpose(1, 2) for f in (self.key, self.value))  # (B, nh, T, hs)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.p_attn if self.training else 0.0)
+        a = attention(q, k, v, mask, self.p_attn if self.training else 0.0)
         a = a.transpose(1, 2).reshape(B, -1, H)  # (B, R, H)
         xq = self.attn_norm(xq + self.drop(self.out(a)))
         return self.ffn_norm(xq + self.drop(self.down(self.act(self.up(xq)))))
@@ -167,7 +203,7 @@ class BertForSequenceClassification(nn.Module):
         self.config = cfg
         self.num_labels = num_labels
         self.bert = BertModel(cfg)
-        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.drop = Dropout(cfg.hidden_dropout_prob)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         init_weights(self, cfg.initializer_range)
 
