@@ -18,10 +18,13 @@ import torch.nn.functional as F
 from bertkit.model import dropout
 
 
-def seconds(fn, x: torch.Tensor) -> float:
+def seconds(fn, x: torch.Tensor, grad: torch.Tensor) -> tuple[float, float]:
+    """(forward, backward) seconds of one call."""
     t0 = time.perf_counter()
-    fn(x).sum().backward()
-    return time.perf_counter() - t0
+    y = fn(x)
+    t1 = time.perf_counter()
+    y.backward(grad)
+    return t1 - t0, time.perf_counter() - t1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,18 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sides = {"torch": lambda x: F.dropout(x, args.p, True), "bertkit": lambda x: dropout(x, args.p, True)}
-    print(f"dropout p {args.p}, forward + backward, {torch.get_num_threads()} thread(s), ms (median of {args.repeats})")
+    print(f"dropout p {args.p}, {torch.get_num_threads()} thread(s), ms (median of {args.repeats})")
     for shape in ((32, 56, 384), (32, 12, 56, 56)):
-        x = torch.randn(shape, requires_grad=True)
-        times: dict[str, list[float]] = {k: [] for k in sides}
+        x, grad = torch.randn(shape, requires_grad=True), torch.randn(shape)
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
         for r in range(args.repeats + 3):
             for name, fn in sides.items():
-                t = seconds(fn, x)
+                t = seconds(fn, x, grad)
                 if r >= 3:  # warm-up
                     times[name].append(t)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        print(f"{'x'.join(map(str, shape)):>14}: torch {med['torch']:.2f}, bertkit {med['bertkit']:.2f}, "
-              f"{med['torch'] / med['bertkit']:.2f}x")
+        for i, part in enumerate(("forward", "backward")):
+            med = {k: statistics.median(t[i] for t in v) * 1e3 for k, v in times.items()}
+            print(f"{'x'.join(map(str, shape)):>14} {part:>8}: torch {med['torch']:.2f}, bertkit "
+                  f"{med['bertkit']:.2f}, {med['torch'] / med['bertkit']:.2f}x")
     return 0
 
 
