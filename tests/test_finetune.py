@@ -362,3 +362,20 @@ def test_layerwise_lr_decay_steps_each_layer_at_its_rate():
     torch.optim.AdamW(groups, eps=1e-6).step()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+
+
+def test_unset_flags_take_the_recipe_of_the_model_size():
+    """Optimisation flags left unset take the small-model recipe below 30M encoder parameters and
+    Google's above; a flag given keeps its value."""
+    from bertkit.config import variant
+    from bertkit.tasks import mrpc as mrpc_task
+    from bertkit.tasks.finetune import choose_recipe
+
+    def chosen(model: str, *argv: str):
+        args = mrpc_task.parser().parse_args(["--data_dir", "x", "--output_dir", "y", *argv])
+        choose_recipe(args, "mrpc", variant(model), log=lambda msg: None)
+        return args.learning_rate, args.num_train_epochs, args.train_batch_size, args.layerwise_lr_decay
+
+    assert chosen("small") == (2e-4, 5.0, 16, 0.8)  # 4 x 512: 12.6M encoder parameters
+    assert chosen("base") == (5e-5, 3.0, 32, 1.0)  # run_classifier.py's defaults
+    assert chosen("small", "--train_batch_size", "32", "--learning_rate", "1e-4") == (1e-4, 5.0, 32, 0.8)

@@ -171,9 +171,8 @@ def test_minilm_hidden_states_match_transformers(monkeypatch):
             torch.testing.assert_close(alone[0], x[i, :len(r)], rtol=0, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_cpu_dropout_draws_p_on_every_element_and_keeps_the_mean(p):
+def test_cpu_dropout_draws_p_on_every_element_and_scales_the_kept(p):
     """The CPU dropout compares 32 random bits per element with p: at p 0.5 that is each element's
     top bit, so a generator that left any bit fixed (e.g. the sign of each 64-bit word, every second
     element here) would show up on the even or the odd elements."""

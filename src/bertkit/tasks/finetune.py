@@ -40,12 +40,13 @@ class Recipe:
     warmup_proportion: float = 0.1
     layerwise_lr_decay: float = 1.0
     group_by_length: bool = False
+    train_batch_size: int = 32  # per process
 
 
 # Google's run_classifier.py and run_squad.py flag defaults (lr 5e-5, 3 epochs, 10% warmup).
 GOOGLE = {"mrpc": Recipe(5e-5, 3.0), "squad": Recipe(5e-5, 3.0)}
-# Small encoders (MiniLM-sized) on MRPC: measured in benchmarks/finetune_mrpc.py, see its docstring.
-SMALL = {"mrpc": Recipe(2e-4, 5.0, layerwise_lr_decay=0.8, group_by_length=True),
+# Small encoders (MiniLM-sized): measured with benchmarks/finetune_mrpc.py, see benchmarks/README.md.
+SMALL = {"mrpc": Recipe(2e-4, 5.0, layerwise_lr_decay=0.8, group_by_length=True, train_batch_size=16),
          "squad": Recipe(1e-4, 2.0, group_by_length=True)}
 SMALL_MODEL_PARAMS = 30_000_000  # encoder parameters (embeddings excluded) below which SMALL applies
 
@@ -115,7 +116,8 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
          help="Lower-case and strip accents before WordPiece (default: what the checkpoint records; uncased).")
     flag(p, "max_seq_length", type=int, default=max_seq_length,
          help="Longest sequence after WordPiece; longer inputs are cut. Batches are padded only to their own longest.")
-    flag(p, "train_batch_size", type=int, default=32, help="Sequences per training batch, per process.")
+    flag(p, "train_batch_size", type=int, default=None,
+         help="Sequences per training batch, per process (default 32, or the small-model recipe).")
     flag(p, "eval_batch_size", type=int, default=32, help="Sequences per evaluation batch, per process.")
     flag(p, "predict_batch_size", dest="eval_batch_size", type=int, help="Same as --eval_batch_size (run_squad.py's name).")
     flag(p, "learning_rate", type=float, default=None, help=(
@@ -147,7 +149,7 @@ def check_flags(args) -> None:
     """What the shared flags must satisfy, checked before any work starts."""
     args.precision = args.precision or "fp32"
     for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "save_checkpoints_steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise BertkitError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
@@ -176,7 +178,7 @@ def choose_recipe(args, task: str, config: BertConfig, log=say) -> None:
     small = encoder_params(config) < SMALL_MODEL_PARAMS
     recipe = (SMALL if small else GOOGLE)[task]
     unset = [k for k in ("learning_rate", "num_train_epochs", "warmup_proportion", "layerwise_lr_decay",
-                         "group_by_length") if getattr(args, k) is None]
+                         "group_by_length", "train_batch_size") if getattr(args, k) is None]
     for k in unset:
         setattr(args, k, getattr(recipe, k))
     if unset and args.do_train:
