@@ -149,8 +149,9 @@ def check_flags(args) -> None:
     """What the shared flags must satisfy, checked before any work starts."""
     args.precision = args.precision or "fp32"
     for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "save_checkpoints_steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise BertkitError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        value = getattr(args, name)  # None: left to the recipe
+        if value is not None and value < 1:
+            raise BertkitError(f"--{name} must be >= 1, got {value}")
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.num_train_epochs is not None and not args.num_train_epochs > 0:
