@@ -38,7 +38,7 @@ def step_seconds(repeats: int) -> dict[str, float]:
     import finetune_mrpc as fm
     from bertkit.checkpoint import load_weights
     from bertkit.convert import read_any
-    from bertkit.tasks.finetune import make_finetune_optimizer
+    from bertkit.optim import make_finetune_optimizer
 
     config, state, *_ = read_any(fm.minilm_dir())
     model = bertkit.model.BertForSequenceClassification(config)

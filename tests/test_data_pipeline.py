@@ -123,9 +123,13 @@ def test_create_takes_googles_flags(tmp_path, capsys):
 
 
 def test_rank_and_world_from_torchrun_or_mpirun(monkeypatch):
-    from bertkit.data.pipeline import rank_and_world
+    from bertkit.ranks import env_ranks
 
-    for key in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"):
+    def rank_and_world():
+        return env_ranks()[:2]
+
+    for key in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE",
+                "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)
     assert rank_and_world() == (0, 1)
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
@@ -135,5 +139,5 @@ def test_rank_and_world_from_torchrun_or_mpirun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert rank_and_world() == (1, 2)  # torchrun's variables first
     monkeypatch.setenv("RANK", "2")
-    with pytest.raises(BertkitError, match="RANK=2 is not below"):
+    with pytest.raises(BertkitError, match="RANK=2 is outside world size"):
         rank_and_world()

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from bertkit import BertkitError
-from bertkit import download
-from bertkit.download import download_model, extract, fetch
+from bertkit import fetch as fetch_module
+from bertkit.fetch import extract, fetch
+from bertkit.pretrained import download_model
 from conftest import REPO
 
 
@@ -253,7 +254,7 @@ def test_http_errors_are_one_line(server, tmp_path):
 
 def test_silent_server_times_out(tmp_path, monkeypatch):
     """A server that accepts the connection and never answers: the timeout, not a hang."""
-    monkeypatch.setattr(download, "TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fetch_module, "TIMEOUT_S", 0.5)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)

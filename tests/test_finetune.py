@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from bertkit.cli import main as cli_main
-from bertkit.data import mrpc
-from bertkit.tasks.finetune import length_grouped_order, split_task, train_steps
+from bertkit.tasks.finetune import mrpc_data as mrpc
+from bertkit.tasks.finetune import split_task
+from bertkit.tasks.finetune.batching import length_grouped_order
+from bertkit.tasks.finetune.runner import train_steps
 from conftest import DATA, REPO
 
 GLUE = DATA / "mrpc" / "glue"
@@ -336,7 +338,7 @@ def test_layerwise_lr_decay_steps_each_layer_at_its_rate():
     """One step of the layer-wise optimizer equals torch's AdamW given each group's rate by hand:
     lr * decay ** (L + 1 - depth), embeddings at depth 0 and the heads at L + 1."""
     from bertkit.model import BertForSequenceClassification
-    from bertkit.tasks.finetune import make_finetune_optimizer
+    from bertkit.optim import make_finetune_optimizer
     from synthetic import CONFIG  # 2 layers
 
     torch.manual_seed(0)
@@ -368,8 +370,8 @@ def test_unset_flags_take_the_recipe_of_the_model_size():
     """Optimisation flags left unset take the small-model recipe below 30M encoder parameters and
     Google's above; a flag given keeps its value."""
     from bertkit.config import variant
-    from bertkit.tasks import mrpc as mrpc_task
-    from bertkit.tasks.finetune import choose_recipe
+    from bertkit.tasks.finetune import mrpc as mrpc_task
+    from bertkit.tasks.finetune.recipes import choose_recipe
 
     def chosen(model: str, *argv: str):
         args = mrpc_task.parser().parse_args(["--data_dir", "x", "--output_dir", "y", *argv])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bertkit import BertkitError, launcher
+from bertkit.launcher import paths, plans, recipes, seed_flags, steps, topology
 from bertkit.cli import run as cli_run
 from conftest import REPO
 from launch_runs import assert_same_weights, bertkit, overfit_argv, reference, shared
@@ -60,26 +61,26 @@ def test_every_seed_flag_is_accepted(form):
             argv += [f"{long}={value}"]
         else:
             argv += [long, value]
-    args = launcher.parser().parse_args(argv)
+    args = seed_flags.parser().parse_args(argv)
     for _, long, _, dest, want in SEED_FLAGS:
         assert getattr(args, dest) == want, long
 
 
 def test_seed_booleans_mean_what_they_say():
     # The seed declared these type=bool, so its `--kubernetes_run=False` meant True; here it is False.
-    args = launcher.parser().parse_args(["--kubernetes_run=False", "--run_phase2", "false"])
+    args = seed_flags.parser().parse_args(["--kubernetes_run=False", "--run_phase2", "false"])
     assert args.kubernetes_run is False and args.run_phase2 is False
 
 
 def test_bad_values_name_the_flag():
     with pytest.raises(BertkitError, match="--model"):
-        launcher.parser().parse_args(["--model", "gpt"])
-    args = launcher.parser().parse_args(["-c", "pretraining", "-d", "fp32", "-m", "tiny", "-i", "100,x"])
+        seed_flags.parser().parse_args(["--model", "gpt"])
+    args = seed_flags.parser().parse_args(["-c", "pretraining", "-d", "fp32", "-m", "tiny", "-i", "100,x"])
     with pytest.raises(BertkitError, match="--iters"):
-        launcher.settings(args, 1)
-    args = launcher.parser().parse_args(["-c", "finetuning", "-d", "fp32", "-m", "tiny", "-t", "bookswiki"])
+        recipes.settings(args, 1)
+    args = seed_flags.parser().parse_args(["-c", "finetuning", "-d", "fp32", "-m", "tiny", "-t", "bookswiki"])
     with pytest.raises(BertkitError, match="-t bookswiki"):
-        launcher.settings(args, 1)
+        recipes.settings(args, 1)
 
 
 # ---- the seed's defaults, table-driven ----------------------------------------------------------
@@ -114,8 +115,8 @@ DEFAULTS = {
 def test_resolved_settings_are_the_seeds_defaults(key, world):
     command, test_set, dtype = key
     want = DEFAULTS[key]
-    args = launcher.parser().parse_args(["-c", command, "-t", test_set, "-d", dtype, "-m", "large"])
-    s = launcher.settings(args, world)
+    args = seed_flags.parser().parse_args(["-c", command, "-t", test_set, "-d", dtype, "-m", "large"])
+    s = recipes.settings(args, world)
     assert (s.command, s.test_set, s.data_type, s.world_size) == (command, test_set, dtype, world)
     if command == "finetuning":
         ft = s.finetune
@@ -150,26 +151,26 @@ def test_resolved_settings_are_the_seeds_defaults(key, world):
     (["-b", "16"], 2),  # one value: phase 2 keeps its default batch
 ])
 def test_bookswiki_arithmetic_is_the_seeds(flags, world):
-    args = launcher.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large", *flags])
-    p1, p2 = launcher.settings(args, world).phases
+    args = seed_flags.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large", *flags])
+    p1, p2 = recipes.settings(args, world).phases
     fpo = int("--fast_perf_only=1" in flags)
-    b = launcher.values(args.batch_size, "batch_size", 2) or (64, 8)
-    i = launcher.values(args.iters, "iters", 2) or (7038, 782)
+    b = recipes.values(args.batch_size, "batch_size", 2) or (64, 8)
+    i = recipes.values(args.iters, "iters", 2) or (7038, 782)
     acc1, acc2, i1, i2, lr1, lr2 = seed_bookswiki(world, b[0], b[1] if len(b) > 1 else 8, i[0], i[1], fpo)
     assert (p1.accumulation, p2.accumulation, p1.steps, p2.steps) == (acc1, acc2, i1, i2)
     assert (p1.learning_rate, p2.learning_rate) == (pytest.approx(lr1), pytest.approx(lr2))
 
 
 def test_no_steps_accumulation_and_explicit_learning_rate():
-    args = launcher.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large",
+    args = seed_flags.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large",
                                          "--no_steps_accumulation=1"])
-    p1, p2 = launcher.settings(args, 8).phases
+    p1, p2 = recipes.settings(args, 8).phases
     assert (p1.accumulation, p2.accumulation) == (1, 1)
     assert (p1.global_batch, p2.global_batch) == (512, 64)
     assert p2.steps == 782 * 64 // 8  # phase 2 sees as many sequences as 782 phase-1 steps
     assert p1.learning_rate == pytest.approx(6e-3 * 512 / 65536)
-    args = launcher.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large", "--learning_rate", "1e-3"])
-    assert {p.learning_rate for p in launcher.settings(args, 8).phases} == {1e-3}
+    args = seed_flags.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large", "--learning_rate", "1e-3"])
+    assert {p.learning_rate for p in recipes.settings(args, 8).phases} == {1e-3}
 
 
 # ---- the bertkit command lines, read back by the commands' own parsers -------------------------
@@ -180,11 +181,11 @@ def test_pretrain_command_lines_carry_the_phase(tmp_path):
     data = tmp_path / "data"
     for seq in (128, 512):
         (data / f"seq_len_{seq}" / "books_wiki_en_corpus" / "training").mkdir(parents=True)
-    args = launcher.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large", "--dataset_path", str(data),
+    args = seed_flags.parser().parse_args(["-c", "pretraining", "-d", "bf16", "-m", "large", "--dataset_path", str(data),
                                          "-o", str(tmp_path / "out"), "--save_ckpt_steps", "50"])
-    topo = launcher.Topology("torchrun", 8, world_size=8)
-    s = launcher.settings(args, 8)
-    steps = launcher.pretraining_steps(args, s, topo)
+    topo = topology.Topology("torchrun", 8, world_size=8)
+    s = recipes.settings(args, 8)
+    steps = plans.pretraining_steps(args, s, topo)
     assert len(steps) == 2
     for step, phase, name in zip(steps, s.phases, ("phase_1", "phase_2")):
         assert step.argv[0] == "pretrain"
@@ -205,10 +206,10 @@ def test_pretrain_command_lines_carry_the_phase(tmp_path):
 def test_bertkit_data_layout_is_found(tmp_path):
     (tmp_path / "seq_len_128" / "wikicorpus_en" / "training").mkdir(parents=True)
     (tmp_path / "seq_len_128" / "wikicorpus_en" / "test").mkdir(parents=True)
-    train, test = launcher.find_phase_data(tmp_path, 128)
+    train, test = paths.find_phase_data(tmp_path, 128)
     assert (train.name, test.name, train.parent.name) == ("training", "test", "wikicorpus_en")
     with pytest.raises(BertkitError, match="seq_len_512"):
-        launcher.find_phase_data(tmp_path, 512)
+        paths.find_phase_data(tmp_path, 512)
 
 
 @pytest.mark.parametrize("task", ["mrpc", "squad"])
@@ -221,14 +222,14 @@ def test_finetune_command_lines_carry_the_settings(task, tmp_path):
     data.mkdir()
     for name in ("train.tsv", "dev.tsv", "train-v1.1.json", "dev-v1.1.json"):
         (data / name).write_text("")
-    args = launcher.parser().parse_args(["-c", "finetuning", "-t", task, "-d", "bf16", "-m", "large",
+    args = seed_flags.parser().parse_args(["-c", "finetuning", "-t", task, "-d", "bf16", "-m", "large",
                                          "--checkpoint_folder", str(model), "--dataset_path", str(data),
                                          "-o", str(tmp_path / "out"), "-e", "0.5"])
-    s = launcher.settings(args, 8)
-    (step,) = launcher.finetuning_steps(args, s, launcher.Topology("torchrun", 8, world_size=8))
+    s = recipes.settings(args, 8)
+    (step,) = plans.finetuning_steps(args, s, topology.Topology("torchrun", 8, world_size=8))
     assert step.argv[:2] == ["finetune", task]
     parsed_task, rest = finetune.split_task(step.argv[1:])
-    module = __import__(f"bertkit.tasks.{parsed_task}", fromlist=["parser"])
+    module = __import__(f"bertkit.tasks.finetune.{parsed_task}", fromlist=["parser"])
     a = module.parser().parse_args(rest)
     ft = s.finetune
     assert (a.train_batch_size, a.max_seq_length, a.num_train_epochs, a.learning_rate, a.precision) == (
@@ -262,26 +263,26 @@ def test_run_phase2_finds_phase1_last_checkpoint(tmp_path):
     from bertkit.data.bundled import vocab_path
     from bertkit.model import BertForPreTraining
 
-    phase1 = launcher.Phase("phase_1", 128, 20, 4, 1, 5, 1, 1e-3, 1)
+    phase1 = recipes.Phase("phase_1", 128, 20, 4, 1, 5, 1, 1e-3, 1)
     with pytest.raises(BertkitError):
-        launcher.check_phase1_done(tmp_path, phase1)
+        paths.check_phase1_done(tmp_path, phase1)
     config = variant("tiny")
     state = BertForPreTraining(config).state_dict()
     save_training(tmp_path / "phase_1", 4, config, state, vocab_path(), True, {}, {})
     with pytest.raises(BertkitError, match="ckpt-00000005"):  # a checkpoint, but not the last step's
-        launcher.check_phase1_done(tmp_path, phase1)
+        paths.check_phase1_done(tmp_path, phase1)
     save_training(tmp_path / "phase_1", 5, config, state, vocab_path(), True, {}, {})
-    assert launcher.check_phase1_done(tmp_path, phase1) == tmp_path / "phase_1" / "ckpt-00000005"
+    assert paths.check_phase1_done(tmp_path, phase1) == tmp_path / "phase_1" / "ckpt-00000005"
 
 
 def test_dist_timeout_comes_from_the_flag_or_the_environment(monkeypatch):
     from bertkit.distributed import dist_timeout
 
-    args = launcher.parser().parse_args([])
-    assert launcher.timeout_of(args) == 600
+    args = seed_flags.parser().parse_args([])
+    assert steps.timeout_of(args) == 600
     monkeypatch.setenv("BERTKIT_DIST_TIMEOUT", "45")
-    assert launcher.timeout_of(args) == 45 == dist_timeout()
-    assert launcher.timeout_of(launcher.parser().parse_args(["--dist_timeout", "7"])) == 7
+    assert steps.timeout_of(args) == 45 == dist_timeout()
+    assert steps.timeout_of(seed_flags.parser().parse_args(["--dist_timeout", "7"])) == 7
     monkeypatch.setenv("BERTKIT_DIST_TIMEOUT", "soon")
     with pytest.raises(BertkitError, match="BERTKIT_DIST_TIMEOUT"):
         dist_timeout()
@@ -307,12 +308,12 @@ def test_multi_server_commands(monkeypatch, tmp_path):
     monkeypatch.setenv("DOCKER_SSHD_PORT", "4022")
     monkeypatch.setenv("MPI_TCP_INCLUDE", "eno1")
     monkeypatch.setenv("MASTER_PORT", "29777")
-    args = launcher.parser().parse_args(["-c", "pretraining", "-d", "fp32", "-m", "tiny", "-t", "overfit",
+    args = seed_flags.parser().parse_args(["-c", "pretraining", "-d", "fp32", "-m", "tiny", "-t", "overfit",
                                          "-v", "8", "-o", str(tmp_path), "--dist_timeout", "90"])
-    topo = launcher.topology(args)
+    topo = topology.detect(args)
     assert (topo.mode, topo.world_size, topo.hosts) == ("hosts", 16, ["10.1.0.1", "10.1.0.2"])
-    step = launcher.Step("x", ["pretrain", "--output_dir", str(tmp_path)])
-    cmds = launcher.commands(step, topo, args)
+    step = steps.Step("x", ["pretrain", "--output_dir", str(tmp_path)])
+    cmds = steps.commands(step, topo, args)
     assert [h for h, _ in cmds] == ["10.1.0.1", "10.1.0.2"]
     for rank, (host, argv) in enumerate(cmds):
         assert argv[:3] == ["ssh", "-p", "4022"] and "ConnectTimeout=10" in argv and "BatchMode=yes" in argv
@@ -328,7 +329,7 @@ def test_multi_server_commands(monkeypatch, tmp_path):
         assert torchrun[-4:] == ["bertkit", "pretrain", "--output_dir", str(tmp_path)]
     monkeypatch.setenv("MPI_TCP_INCLUDE", "192.10.100.0/24")
     with pytest.raises(BertkitError, match="interface names"):
-        launcher.commands(step, topo, args)
+        steps.commands(step, topo, args)
 
 
 def test_unreachable_servers_are_named(monkeypatch, tmp_path):
@@ -348,7 +349,7 @@ def test_unreachable_servers_are_named(monkeypatch, tmp_path):
 
 
 def test_a_silent_server_fails_within_the_bound():
-    from bertkit.launch import check_reachable
+    from bertkit.launcher.spawn import check_reachable
 
     shell = lambda host, cmd: ["sleep", "30"] if host == "silent" else ["true"]  # noqa: E731
     started = time.monotonic()
@@ -359,7 +360,7 @@ def test_a_silent_server_fails_within_the_bound():
 
 def test_when_one_server_fails_the_others_are_stopped_after_the_grace():
     """Through the real remote command: closing its stdin makes the server's side send SIGTERM."""
-    from bertkit.launch import remote_command, run_hosts
+    from bertkit.launcher.spawn import remote_command, run_hosts
 
     sh = lambda cmd: ["sh", "-c", cmd]  # noqa: E731
     commands = [("bad", sh(remote_command(["sh", "-c", "echo 'ValueError: broken here'; exit 3"], {}, "/"))),
@@ -452,9 +453,9 @@ def test_kubernetes_manifests_parse_and_carry_the_launchers_flags():
             world = int(job["spec"]["slotsPerWorker"]) * job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"]
             assert f"-np {world}" in text
         for argv in runs:
-            args = launcher.parser().parse_args(argv)
+            args = seed_flags.parser().parse_args(argv)
             assert args.kubernetes_run is True and args.use_horovod == 1, name
-            s = launcher.settings(args, world)
+            s = recipes.settings(args, world)
             commands_seen.add((s.command, s.test_set))
             for flag_ in ("output_dir", "dataset_path", "checkpoint_folder"):
                 path = getattr(args, flag_)

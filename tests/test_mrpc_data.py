@@ -1,13 +1,12 @@
 """MRPC data: the readers against the real GLUE and Microsoft files, GLUE's construction of
 train/dev/test.tsv, features, padded batches, length-grouped batching, metrics and bad input."""
 
-import random
 
 import pytest
 import torch
 
 from bertkit import BertkitError
-from bertkit.data import mrpc
+from bertkit.tasks.finetune import mrpc_data as mrpc
 from bertkit.tokenizer import WordPiece
 from conftest import DATA, VOCAB
 
@@ -152,34 +151,6 @@ def test_collate_pads_to_the_batch():
     assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"].sum().item() == 8
     unlabelled = mrpc.collate([mrpc.PairFeature([101, 102], [0, 0], None)])
     assert "labels" not in unlabelled
-
-
-def test_length_grouped_batches():
-    rng = random.Random(0)
-    lengths = [rng.randint(10, 120) for _ in range(1000)]
-    sampler = mrpc.LengthGroupedBatches(lengths, batch_size=32, seed=3, group_batches=10)
-    epoch0 = sampler.batches()
-    assert sorted(i for b in epoch0 for i in b) == list(range(1000))  # each index once
-    assert len(epoch0) == len(sampler) == 32  # 1000 = 3 groups of 320 + 40 -> 30 + 2 batches
-    assert sampler.batches() == epoch0  # the same seed and epoch give the same order
-    sampler.set_epoch(1)
-    assert sampler.batches() != epoch0
-
-    def padding(batches):
-        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
-
-    order = list(range(1000))
-    random.Random(1).shuffle(order)
-    plain = [order[i:i + 32] for i in range(0, 1000, 32)]
-    assert padding(epoch0) < 0.2 * padding(plain)
-
-    ranks = [mrpc.LengthGroupedBatches(lengths, 32, seed=3, group_batches=10, rank=r, world_size=3)
-             for r in range(3)]
-    per_rank = [r.batches() for r in ranks]
-    assert [len(b) for b in per_rank] == [11, 11, 11] == [len(r) for r in ranks]
-    assert {i for b in per_rank for batch in b for i in batch} == set(range(1000))
-    dropped = mrpc.LengthGroupedBatches(lengths, 32, seed=3, group_batches=10, drop_last=True)
-    assert all(len(b) == 32 for b in dropped.batches()) and len(dropped.batches()) == len(dropped) == 31
 
 
 def test_metrics_by_hand():

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bertkit import BertkitError, launcher
-from bertkit.launch import ssh_shell
+from bertkit.launcher.spawn import ssh_shell
 from conftest import free_port
 from launch_runs import assert_same_weights, overfit_argv, reference, shared
 

@@ -15,8 +15,7 @@ from bertkit import BertkitError
 from bertkit.config import BertConfig
 from bertkit.convert import name_rows
 from bertkit.model import BertForPreTraining, BertForSequenceClassification
-from bertkit.optim import (Lamb, WarmupPolyDecay, clips_gradients, finetuning_schedule, make_optimizer,
-                           param_groups, pretraining_schedule)
+from bertkit.optim import Lamb, WarmupPolyDecay, clips_gradients, make_optimizer, param_groups
 
 
 class TinyNet(nn.Module):
@@ -156,7 +155,7 @@ def test_resume_through_state_dict_is_bit_identical(name):
     def fresh():
         net = tiny_net()
         opt = make_optimizer(name, net, lr=0.01)
-        return net, opt, pretraining_schedule(opt, num_warmup_steps=3, num_train_steps=10)
+        return net, opt, schedule(opt, 3, 10, 0.5, continuous=False)
 
     net, opt, sched = fresh()
     train(net, opt, sched, steps)
@@ -200,6 +199,11 @@ def test_lamb_keeps_fp32_moments_for_bf16_parameters():
     assert torch.equal(fresh.state[p16]["exp_avg_sq"], state["exp_avg_sq"])
 
 
+def schedule(opt, warmup: int, total: int, power: float, continuous: bool) -> torch.optim.lr_scheduler.LambdaLR:
+    """The loop's schedule as a torch scheduler (the loop itself sets the rate from the same function)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, WarmupPolyDecay(warmup, total, power, continuous=continuous))
+
+
 def lrs(sched, n: int) -> list[float]:
     """Learning rate used by updates 0..n-1."""
     out = []
@@ -213,7 +217,7 @@ def lrs(sched, n: int) -> list[float]:
 def test_pretraining_schedule_closed_form():
     base, W, T = 2e-3, 100, 1000
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
-    lr = lrs(pretraining_schedule(opt, num_warmup_steps=W, num_train_steps=T), T + 2)
+    lr = lrs(schedule(opt, W, T, 0.5, continuous=False), T + 2)
     # NVIDIA's LAMB schedule: step/W during warmup, then (1 - step/T) ** 0.5, 0 from T on.
     assert lr[0] == 0.0
     assert lr[50] == pytest.approx(base * 0.5, rel=1e-12)
@@ -227,8 +231,8 @@ def test_pretraining_schedule_closed_form():
 def test_finetuning_schedule_closed_form():
     base, T = 5e-5, 1005
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
-    sched = finetuning_schedule(opt, num_train_steps=T, warmup_proportion=0.1)
     W = 100  # int(1005 * 0.1), as Google's run_classifier.py computes it
+    sched = schedule(opt, int(T * 0.1), T, 1.0, continuous=True)
     assert sched.lr_lambdas[0].num_warmup_steps == W
     lr = lrs(sched, T + 1)
     assert lr[0] == 0.0

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bertkit import BertkitError
-from bertkit.data import squad
+from bertkit.tasks.finetune import squad_data as squad
+from bertkit.tasks.finetune import squad_predict
 from bertkit.tokenizer import WordPiece
 from conftest import DATA, VOCAB
 
@@ -100,7 +101,7 @@ def test_improve_span_narrows_to_the_answer_tokens(tmp_path, tok):
     assert japan.tokens[japan.start_position: japan.end_position + 1] == ["japanese"]
     s = [np.where(np.arange(len(f.input_ids)) == f.start_position, 10.0, -10.0) for f in (born, japan)]
     e = [np.where(np.arange(len(f.input_ids)) == f.end_position, 10.0, -10.0) for f in (born, japan)]
-    predictions, _, _ = squad.postprocess(examples, [born, japan], s, e)
+    predictions, _, _ = squad_predict.postprocess(examples, [born, japan], s, e)
     assert predictions == {"born": "1895", "japan": "Japanese"}
 
 
@@ -120,7 +121,7 @@ def test_max_context_decides_between_overlapping_windows(tmp_path, tok):
     # window 1. Windows 0 and 2 score it far higher; only window 1's scores may count.
     s, e = logits(feats, start=[(0, 9, 20.0), (1, 9, 8.0), (2, 9, 30.0)],
                   end=[(0, 10, 20.0), (1, 10, 8.0), (2, 10, 30.0)])
-    predictions, nbest, null_odds = squad.postprocess(examples, feats, s, e)
+    predictions, nbest, null_odds = squad_predict.postprocess(examples, feats, s, e)
     assert predictions == {"q": "ten eleven"} and null_odds == {}
     top = nbest["q"][0]
     assert (top["text"], top["start_logit"], top["end_logit"]) == ("ten eleven", 8.0, 8.0)
@@ -143,7 +144,7 @@ def test_max_context_decides_between_overlapping_windows(tmp_path, tok):
 def test_answers_at_window_edges(tmp_path, tok, start, end, expected, logit):
     examples, feats = numbers_example(tmp_path, tok)
     s, e = logits(feats, start, end)
-    predictions, nbest, _ = squad.postprocess(examples, feats, s, e)
+    predictions, nbest, _ = squad_predict.postprocess(examples, feats, s, e)
     assert predictions["q"] == expected
     top = nbest["q"][0]
     assert (top["text"], top["start_logit"], top["end_logit"]) == (expected, logit, logit)
@@ -153,12 +154,12 @@ def test_max_answer_length_and_order_of_span(tmp_path, tok):
     examples, feats = numbers_example(tmp_path, tok)
     # start at word 10, end at word 9 (before the start): invalid; the best valid pair is taken.
     s, e = logits(feats, start=[(1, 10, 9.0), (1, 5, 1.0)], end=[(1, 9, 9.0), (1, 6, 1.0)])
-    assert squad.postprocess(examples, feats, s, e)[0]["q"] != "eleven ten"
+    assert squad_predict.postprocess(examples, feats, s, e)[0]["q"] != "eleven ten"
     # the span 10..14 is 5 tokens: allowed at max_answer_length 5, not at 4
     s, e = logits(feats, start=[(1, 10, 5.0)], end=[(1, 14, 5.0)])
-    assert squad.postprocess(examples, feats, s, e, max_answer_length=5)[0]["q"] == (
+    assert squad_predict.postprocess(examples, feats, s, e, max_answer_length=5)[0]["q"] == (
         "eleven twelve thirteen fourteen fifteen")
-    assert squad.postprocess(examples, feats, s, e, max_answer_length=4)[0]["q"] != (
+    assert squad_predict.postprocess(examples, feats, s, e, max_answer_length=4)[0]["q"] != (
         "eleven twelve thirteen fourteen fifteen")
 
 
@@ -182,7 +183,7 @@ def test_final_text_maps_back_to_the_original(tmp_path, tok, first, last, expect
     e = np.full(len(f.input_ids), -10.0)
     s[f.tokens.index(first)] = 10.0
     e[f.tokens.index(last)] = 10.0
-    predictions, _, _ = squad.postprocess(examples, [f], [s], [e], lowercase=True)
+    predictions, _, _ = squad_predict.postprocess(examples, [f], [s], [e], lowercase=True)
     assert predictions["q"] == expected
 
 
@@ -194,7 +195,7 @@ def test_version_2_null_answer_and_threshold(tmp_path, tok):
     s, e = logits([f], start=[(0, None, 5.0), (0, 0, 4.0)], end=[(0, None, 5.0), (0, 0, 4.0)])
     # null score 5 + 5 = 10, best span "Paris" 4 + 4 = 8: the difference is 2.
     for threshold, expected in ((0.0, ""), (1.9, ""), (2.0, "Paris"), (2.5, "Paris")):
-        predictions, nbest, null_odds = squad.postprocess(
+        predictions, nbest, null_odds = squad_predict.postprocess(
             examples, [f], s, e, version_2=True, null_score_diff_threshold=threshold)
         assert predictions["q"] == expected and null_odds == {"q": 2.0}
     texts = [n["text"] for n in nbest["q"]]
@@ -204,7 +205,7 @@ def test_version_2_null_answer_and_threshold(tmp_path, tok):
     assert nbest["q"][0]["probability"] == pytest.approx(np.exp(10.0) / total, rel=1e-9)
     assert nbest["q"][1]["probability"] == pytest.approx(np.exp(8.0) / total, rel=1e-9)
     # without version 2 the [CLS] scores are ignored
-    assert squad.postprocess(examples, [f], s, e)[0]["q"] == "Paris"
+    assert squad_predict.postprocess(examples, [f], s, e)[0]["q"] == "Paris"
 
 
 def test_version_2_null_score_is_the_lowest_over_windows(tmp_path, tok):
@@ -213,7 +214,7 @@ def test_version_2_null_score_is_the_lowest_over_windows(tmp_path, tok):
     cls = [(0, 3.0), (1, 1.0), (2, 4.0), (3, 2.0)]
     s, e = logits(feats, start=[(w, None, v) for w, v in cls] + [(1, 9, 2.0)],
                   end=[(w, None, v) for w, v in cls] + [(1, 10, 2.0)])
-    predictions, nbest, null_odds = squad.postprocess(examples, feats, s, e, version_2=True)
+    predictions, nbest, null_odds = squad_predict.postprocess(examples, feats, s, e, version_2=True)
     assert predictions["q"] == "ten eleven" and null_odds["q"] == 2.0 - 4.0
     (null,) = [n for n in nbest["q"] if n["text"] == ""]
     assert (null["start_logit"], null["end_logit"]) == (1.0, 1.0)
@@ -221,10 +222,10 @@ def test_version_2_null_score_is_the_lowest_over_windows(tmp_path, tok):
 
 def test_write_predictions(tmp_path):
     out = tmp_path / "out"
-    paths = squad.write_predictions(out, {"q": "Paris"}, {"q": [{"text": "Paris"}]})
+    paths = squad_predict.write_predictions(out, {"q": "Paris"}, {"q": [{"text": "Paris"}]})
     assert [p.name for p in paths] == ["predictions.json", "nbest_predictions.json"]
     assert json.loads((out / "predictions.json").read_text()) == {"q": "Paris"}
-    squad.write_predictions(out, {"q": ""}, {"q": []}, {"q": 2.5})
+    squad_predict.write_predictions(out, {"q": ""}, {"q": []}, {"q": 2.5})
     assert json.loads((out / "null_odds.json").read_text()) == {"q": 2.5}
     assert sorted(p.name for p in out.iterdir()) == ["nbest_predictions.json", "null_odds.json",
                                                      "predictions.json"]
@@ -271,7 +272,7 @@ def test_round_trip_on_the_dev_file(tok):
         e.append(np.full(len(f.input_ids), -10.0))
         if f.start_position:
             s[-1][f.start_position] = e[-1][f.end_position] = 10.0
-    predictions, _, _ = squad.postprocess(examples, feats, s, e)
+    predictions, _, _ = squad_predict.postprocess(examples, feats, s, e)
     same = sum(normalize(predictions[ex.qid]) == normalize(ex.answer_text) for ex in examples)
     rate = same / len(examples)
     print(f"round trip: {same} of {len(examples)} answers exact after normalisation ({rate:.4%}); "
@@ -323,7 +324,7 @@ def test_empty_context(tmp_path, tok):
     examples = squad.read_squad(path, is_training=False)
     feats = squad.make_features(examples, tok)
     s = [np.zeros(len(f.input_ids)) for f in feats]
-    predictions, nbest, _ = squad.postprocess(examples, feats, s, s)
+    predictions, nbest, _ = squad_predict.postprocess(examples, feats, s, s)
     assert predictions == {"a": "", "b": ""} and nbest["a"][0]["text"] == ""
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from bertkit.cli import main as cli
-from bertkit.data import squad_metric as m
+from bertkit.tasks.finetune import squad_metric as m
 
 
 def squad_json(questions):

@@ -184,7 +184,7 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
     unpacked into `workdir`, which must outlive the returned vocab path."""
     src = Path(src)
     if src.is_file() and src.suffix == ".zip":
-        from bertkit.download import extract
+        from bertkit.fetch import extract
 
         if workdir is None:
             raise ValueError("a zip needs a workdir to unpack into")
@@ -259,7 +259,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "bertkit"
 
 
 def main(argv: list[str]) -> int:
-    from bertkit.cli import ArgumentParser
+    from bertkit.flags import ArgumentParser
 
     p = ArgumentParser(prog="bertkit convert", description=(
         "Convert a BERT checkpoint. SRC may be a Google checkpoint zip or folder (bert_config.json, "

@@ -1,9 +1,12 @@
-"""Atomic file writing: a reader sees the old file or the whole new one, never half of one."""
+"""Files: atomic writing (a reader sees the old file or the whole new one, never half of one) and
+digests read in one pass."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -90,6 +93,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_json(path: str | os.PathLike, obj: object, sort_keys: bool = False) -> None:
+    """`obj` as indented UTF-8 JSON, written atomically: the one way results and settings are saved."""
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -102,3 +110,18 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def file_chunks(path: str | os.PathLike, size: int = 1 << 22) -> Iterator[bytes]:
+    """The bytes of a file in chunks of `size`: what every digest here reads."""
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def file_digest(path: str | os.PathLike, name: str = "sha256") -> str:
+    """Hex digest of a file by a hashlib algorithm name (sha256, sha1, md5)."""
+    h = hashlib.new(name)
+    for chunk in file_chunks(path):
+        h.update(chunk)
+    return h.hexdigest()

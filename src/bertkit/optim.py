@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules for BERT: LAMB (pretraining), AdamW (fine-tuning), the
-decay / no-decay parameter groups both use, and warmup + polynomial decay.
+decay / no-decay parameter groups both use, layer-wise learning-rate decay for fine-tuning, and
+warmup + polynomial decay (NVIDIA's LAMB schedule: power 0.5; Google's fine-tuning: linear, power 1).
 
 The recipe is the one the seed (Habana's TensorFlow BERT, itself NVIDIA's TensorFlow BERT) and
 NVIDIA's PyTorch BERT follow: LAMB with betas 0.9/0.999, eps 1e-6, weight decay 0.01 except for
@@ -8,11 +9,12 @@ biases and LayerNorm parameters, gradients clipped to global norm 1.0; AdamW for
 A training step with either optimizer:
 
     opt = make_optimizer("lamb", model, lr=6e-3)
-    sched = pretraining_schedule(opt, num_warmup_steps=2000, num_train_steps=7038)
+    lr_at = WarmupPolyDecay(num_warmup_steps=2000, num_train_steps=7038, power=0.5)
+    for g in opt.param_groups: g["lr"] = 6e-3 * lr_at(step)   # what the training loop does
     loss.backward()
     if not clips_gradients(opt):          # AdamW: the caller clips
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    opt.step(); sched.step(); opt.zero_grad()
+    opt.step(); opt.zero_grad()
     opt.last_grad_norm                    # LAMB: the global norm before clipping, for the log
 """
 
@@ -234,7 +236,7 @@ def clips_gradients(optimizer: torch.optim.Optimizer) -> bool:
 
 @dataclass(frozen=True)
 class WarmupPolyDecay:
-    """Learning-rate multiplier for `torch.optim.lr_scheduler.LambdaLR`, called with the number of
+    """Learning-rate multiplier that the training loop applies to the peak rate, called with the number of
     optimizer updates already done (0 for the first update, as in Google's BERT, whose first update
     has learning rate 0):
 
@@ -278,21 +280,44 @@ class WarmupPolyDecay:
         return (1.0 - step / T) ** self.power
 
 
-def pretraining_schedule(optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_train_steps: int,
-                         power: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then (1 - step/T) ** 0.5: the LAMB schedule of NVIDIA's BERT recipe (PyTorch
-    PolyWarmUpScheduler degree 0.5; TensorFlow optimization.py power 0.5), which the seed follows."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupPolyDecay(num_warmup_steps, num_train_steps, power, continuous=False))
+class LayerwiseAdamW(torch.optim.AdamW):
+    """AdamW whose parameter groups each carry an `lr_scale`: the training loop sets one learning
+    rate on every group, and each group steps with that rate times its scale."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        rates = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * g["lr_scale"]
+        try:
+            return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, rates):
+                g["lr"] = lr
 
 
-def finetuning_schedule(optimizer: torch.optim.Optimizer, num_train_steps: int,
-                        warmup_proportion: float = 0.1, power: float = 1.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over `warmup_proportion` of the updates (0.1 in Google's run_classifier.py and
-    run_squad.py, which take int(T * proportion) steps), then linear decay to 0 starting from the
-    full rate, as the seed's AdamW schedule does (Google's own drops to 1 - W/T at the end of warmup)."""
-    if not 0.0 <= warmup_proportion <= 1.0:
-        raise BertkitError(f"--warmup_proportion must be between 0 and 1, got {warmup_proportion}")
-    warmup = int(num_train_steps * warmup_proportion)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupPolyDecay(warmup, num_train_steps, power, continuous=True))
+def make_finetune_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                            layerwise_lr_decay: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW (eps 1e-6, no weight decay for biases and LayerNorm). With `layerwise_lr_decay` < 1,
+    layer k of L (embeddings 0, heads L + 1) learns at decay ** (L + 1 - k) of the peak rate."""
+    if layerwise_lr_decay >= 1.0:
+        return make_optimizer("adamw", model, lr=lr, weight_decay=weight_decay, eps=1e-6)
+    L = model.config.num_hidden_layers
+
+    def depth(name: str) -> int:
+        if name.startswith("bert.embeddings."):
+            return 0
+        if name.startswith("bert.layers."):
+            return int(name.split(".")[2]) + 1
+        return L + 1  # pooler and task head
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for base in param_groups(model, weight_decay):
+        by_depth: dict[int, list] = {}
+        for p in base["params"]:
+            by_depth.setdefault(depth(names[id(p)]), []).append(p)
+        groups += [{"params": ps, "weight_decay": base["weight_decay"],
+                    "lr_scale": layerwise_lr_decay ** (L + 1 - k)} for k, ps in sorted(by_depth.items())]
+    fused = True if {p.device.type for p in model.parameters()} <= {"cpu", "cuda"} else None
+    return LayerwiseAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=weight_decay, fused=fused)

@@ -25,7 +25,7 @@ def read_log(path: str | Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    from bertkit.cli import ArgumentParser
+    from bertkit.flags import ArgumentParser
 
     p = ArgumentParser(prog="bertkit plot", description=__doc__)
     p.add_argument("logs", nargs="+", help="log.jsonl files of training runs.")

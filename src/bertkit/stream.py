@@ -61,10 +61,6 @@ class Stream:
             items.append(self.dataset[i])
         return self.collate(items)
 
-    def epoch_of(self, micro_step: int) -> float:
-        """Epochs completed (fractional) once `micro_step` is done, counting all ranks' samples."""
-        return (micro_step + 1) * self.world_size * self.batch_size / self.n
-
     def iterate(self, start: int = 0) -> Iterator:
         """Batches for micro-steps start, start+1, ... prepared `prefetch` ahead on a thread."""
         if self.prefetch <= 0:

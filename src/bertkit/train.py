@@ -27,10 +27,9 @@ from bertkit import BertkitError
 from bertkit.checkpoint import save_training
 from bertkit.config import BertConfig
 from bertkit.distributed import Dist, all_reduce, barrier, cpu_has_fast_bf16, unwrap
+from bertkit.flags import PRECISIONS
 from bertkit.optim import clips_gradients
 from bertkit.stream import Stream, to_device
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass

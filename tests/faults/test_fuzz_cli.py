@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bertkit.cli import COMMANDS
+from bertkit.commands import COMMANDS
 from bertkit.cli import main as bertkit
 
 SCALE = float(os.environ.get("BERTKIT_FUZZ_SCALE", "1"))

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from bertkit import BertkitError
 from bertkit.cli import main as bertkit
 from bertkit.config import BertConfig
-from bertkit.data import mrpc, squad
+from bertkit.tasks.finetune import mrpc_data as mrpc
+from bertkit.tasks.finetune import squad_data as squad
 from bertkit.data.pretraining import PretrainingDataset, collate
 from bertkit.data.shards import MANIFEST, bytes_digests, read_manifest, verify_dataset
 from bertkit.data.tfrecord import TFRecordFile, encode_example, frame_record

@@ -16,11 +16,11 @@ import pytest
 from bertkit import BertkitError
 from bertkit.checkpoint import list_checkpoints, verify_folder
 from bertkit.cli import main as bertkit
-from bertkit.download import extract
+from bertkit.fetch import extract
 from conftest import DATA, FIXTURES
 from tiny import one_line, pretrain_args, tiny_setup
 
-HAS_FINETUNE = importlib.util.find_spec("bertkit.tasks.mrpc") is not None
+HAS_FINETUNE = importlib.util.find_spec("bertkit.tasks.finetune.mrpc") is not None
 
 
 def everything_under(root: Path) -> set[str]:

@@ -16,7 +16,7 @@ from bertkit.cli import main as bertkit
 from conftest import DATA, FIXTURES
 from tiny import one_line, pretrain_args, tiny_setup
 
-HAS_FINETUNE = importlib.util.find_spec("bertkit.tasks.mrpc") is not None
+HAS_FINETUNE = importlib.util.find_spec("bertkit.tasks.finetune.mrpc") is not None
 
 
 class Payload:

@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from bertkit import BertkitError
-from bertkit.cli import ArgumentParser, flag, parse_bool
+from bertkit.checkpoint import list_checkpoints
+from bertkit.data import sources
+from bertkit.data.bundled import vocab_path
+from bertkit.data.pipeline import prepare
+from bertkit.data.prepare_config import PrepareConfig, default_workers
+from bertkit.data.shards import is_dataset, is_shard, read_manifest, verify_dataset
+from bertkit.data.text import FORMATS, SPLITTERS
+from bertkit.data.tfrecord import FEATURES, TFRecordFile
+from bertkit.flags import ArgumentParser, flag, parse_bool
+from bertkit.ranks import env_ranks
 
 SUBCOMMANDS = {
     "prepare": "download, extract, format and create phase-1 and phase-2 datasets (create_datasets_from_start.sh)",
@@ -49,9 +58,6 @@ def main(argv: list[str]) -> int:
 # ---- shared flags -------------------------------------------------------------------------------
 
 def _pipeline_flags(p, format_default: str) -> None:
-    from bertkit.data.pipeline import default_workers
-    from bertkit.data.text import FORMATS, SPLITTERS
-
     flag(p, "input_format", default=format_default, choices=FORMATS,
          help=f"How the input text is laid out (default {format_default}); see bertkit.data.text.")
     flag(p, "sentence_splitter", default="blingfire", choices=SPLITTERS,
@@ -82,8 +88,6 @@ def _instance_flags(p) -> None:
 
 
 def _vocab(args) -> str:
-    from bertkit.data.bundled import vocab_path
-
     return args.vocab_file or str(vocab_path())
 
 
@@ -101,6 +105,13 @@ def _inputs(positional: list[str], input_file: str | None) -> list[str]:
     return inputs
 
 
+def _refuse_checkpoint_folders(config) -> None:
+    """A dataset never goes into a folder of training checkpoints (a mistyped --output_dir)."""
+    for folder in {config.dataset_dir(length, split) for length, _ in config.phases for split in config.splits}:
+        if list_checkpoints(folder):
+            raise BertkitError(f"{folder}: holds training checkpoints; choose another output folder for the dataset")
+
+
 def _report(manifests: dict, started: float) -> None:
     for folder, m in manifests.items():
         counts = m["counts"]
@@ -114,8 +125,6 @@ def _report(manifests: dict, started: float) -> None:
 # ---- subcommands --------------------------------------------------------------------------------
 
 def _create(argv: list[str]) -> int:
-    from bertkit.data.pipeline import PrepareConfig, prepare
-
     p = ArgumentParser(prog="bertkit data create", description=(
         "Make a pretraining dataset (bertkit shards and manifest) from text, by the algorithm of "
         "Google's create_pretraining_data.py. Masks are drawn when the data is loaded."))
@@ -136,13 +145,12 @@ def _create(argv: list[str]) -> int:
         short_seq_prob=args.short_seq_prob, masked_lm_prob=args.masked_lm_prob,
         whole_word_mask=args.do_whole_word_mask, seed=args.random_seed, shard_mb=args.shard_mb,
         sentence_splitter=args.sentence_splitter, workers=args.workers, overwrite=args.overwrite)
+    _refuse_checkpoint_folders(config)
     _report(prepare(config), started)
     return 0
 
 
 def _format(argv: list[str]) -> int:
-    from bertkit.data.pipeline import PrepareConfig, prepare
-
     p = ArgumentParser(prog="bertkit data format", description=(
         "Split text into sentences and write it in Google's input format (one sentence per line, "
         "a blank line between documents), one file per job of --shard-mb."))
@@ -163,8 +171,6 @@ def _format(argv: list[str]) -> int:
 
 
 def _download(argv: list[str]) -> int:
-    from bertkit.data import sources
-
     p = ArgumentParser(prog="bertkit data download", description=(
         "Download the English Wikipedia dump (checked against Wikimedia's SHA-1 list) and, with "
         "wiki_books, BookCorpus's text books. Downloads resume where they stopped."))
@@ -187,9 +193,6 @@ def _download(argv: list[str]) -> int:
 
 
 def _extract(argv: list[str]) -> int:
-    from bertkit.data import sources
-    from bertkit.data.pipeline import default_workers
-
     p = ArgumentParser(prog="bertkit data extract", description=(
         "Extract the articles of a Wikipedia XML dump (.xml or .xml.bz2) with wikiextractor."))
     p.add_argument("dump", help="The dump file.")
@@ -201,9 +204,6 @@ def _extract(argv: list[str]) -> int:
 
 
 def _prepare(argv: list[str]) -> int:
-    from bertkit.data import sources
-    from bertkit.data.pipeline import PrepareConfig, prepare, rank_and_world
-
     p = ArgumentParser(prog="bertkit data prepare", description=(
         "Everything create_datasets_from_start.sh does: download Wikipedia (and BookCorpus with "
         "wiki_books), extract, split into sentences, shard, and make phase-1 and phase-2 datasets "
@@ -228,7 +228,7 @@ def _prepare(argv: list[str]) -> int:
     except (ValueError, AssertionError):
         raise BertkitError(f"--phases: expected LENGTH:PREDICTIONS[,...], got {args.phases!r}") from None
     started = time.time()
-    rank, world = rank_and_world()
+    rank, world = env_ranks()[:2]
     work = Path(args.workdir)
     books = args.which == "wiki_books"
     if args.input:
@@ -253,6 +253,7 @@ def _prepare(argv: list[str]) -> int:
         name="books_wiki_en_corpus" if books else "wikicorpus_en",
         text_output=str(work / "formatted"), shard_mb=args.shard_mb,
         sentence_splitter=args.sentence_splitter, workers=args.workers, overwrite=args.overwrite)
+    _refuse_checkpoint_folders(config)
     manifests = prepare(config, rank, world)
     if rank == 0:
         _report(manifests, started)
@@ -268,9 +269,6 @@ def _wait_for(path: Path, rank: int) -> Path:
 
 
 def _verify(argv: list[str]) -> int:
-    from bertkit.data.shards import is_dataset, read_manifest, verify_dataset
-    from bertkit.data.tfrecord import TFRecordFile
-
     p = ArgumentParser(prog="bertkit data verify", description=(
         "Check a bertkit dataset's shards against the sha256 in its manifest, or every record CRC "
         "of TFRecord files. Exit status 2 when anything fails."))
@@ -313,9 +311,6 @@ def _tfrecord_files(path: Path) -> list[Path]:
 
 
 def _dump(argv: list[str]) -> int:
-    from bertkit.data.shards import is_dataset, is_shard
-    from bertkit.data.tfrecord import FEATURES, TFRecordFile
-
     p = ArgumentParser(prog="bertkit data dump", description=(
         "Print each record of a bertkit dataset or TFRecord file(s) as one JSON line with the "
         "feature names of Google's schema. TFRecords print as stored (padded); bertkit instances "
@@ -366,8 +361,6 @@ def _dump(argv: list[str]) -> int:
 
 def _open_dataset(path: Path, args):
     from bertkit.data.pretraining import PretrainingDataset
-    from bertkit.data.shards import read_manifest
-
     settings = read_manifest(path if path.is_dir() else path.parent)["settings"]
     ids = settings["special_ids"]
     dataset = PretrainingDataset(

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bertkit import BertkitError
-from bertkit.download import fetch
+from bertkit.fetch import fetch
 from bertkit.io import write_atomic
 
 WIKI_URL = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from bertkit import BertkitError
 from bertkit.checkpoint import latest_checkpoint, list_checkpoints
-from bertkit.cli import flag, parse_bool
+from bertkit.flags import PRECISIONS, flag, parse_bool
 from bertkit.io import write_atomic
 
 if TYPE_CHECKING:
@@ -23,9 +23,9 @@ BUNDLED_VOCAB = Path(__file__).resolve().parents[1] / "assets" / "vocab" / "unca
 def add_run_flags(p) -> None:
     """Flags of every training command."""
     flag(p, "output_dir", required=True, help="Where checkpoints, logs and results go.")
-    flag(p, "precision", choices=("fp32", "bf16", "fp16"), default=None,
+    flag(p, "precision", choices=PRECISIONS, default=None,
          help="fp32; bf16 (autocast, fp32 master weights); fp16 (autocast with loss scaling). Default fp32.")
-    flag(p, "data_type", dest="precision", choices=("fp32", "bf16", "fp16"), help="Same as --precision (the seed's name).")
+    flag(p, "data_type", dest="precision", choices=PRECISIONS, help="Same as --precision (the seed's name).")
     flag(p, "bf16_config_path", default=None, help=(
         "JSON file naming what stays in fp32 under bf16: {\"fp32_modules\": [\"*.attn_norm\", \"mlm.*\"]} "
         "(fnmatch patterns of module names). Habana's op-list format is refused with an explanation."))

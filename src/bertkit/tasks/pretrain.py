@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from bertkit import BertkitError
 from bertkit.checkpoint import load_training, load_weights
-from bertkit.cli import ArgumentParser, flag, parse_bool
+from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.config import BertConfig, VARIANTS, resolve
 from bertkit.distributed import Dist, all_reduce, init, parallelize, shutdown
 from bertkit.model import BertForPreTraining

@@ -1,17 +1,9 @@
-"""`bertkit finetune mrpc|squad`: what the fine-tuning tasks share, and the dispatch to them.
-
-A task module (mrpc.py, squad.py) parses its flags, reads its data, and calls the functions here:
-`setup` (model shape, weights, vocabulary, processes), `train` (AdamW, warmup then linear decay,
-gradient clipping, the one training loop) and `infer` (evaluation batches spread over the ranks and
-gathered, so scores do not depend on the number of processes). Under torchrun:
-
-    torchrun --nproc_per_node 8 -m bertkit finetune mrpc --data_dir glue/MRPC \\
-        --init_checkpoint uncased_L-12_H-768_A-12 --output_dir out/mrpc --do_eval
-"""
+"""What the fine-tuning tasks share: their common flags, the model and processes (`setup`, `build`),
+training with the one loop (`train`), evaluation over all ranks (`infer`), and the SIGTERM-aware
+entry (`run_main`)."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from dataclasses import dataclass
@@ -23,82 +15,18 @@ import torch
 from torch import nn
 
 from bertkit import BertkitError
-from bertkit.cli import flag, parse_bool
+from bertkit.checkpoint import load_training, load_weights
 from bertkit.config import VARIANTS, BertConfig, resolve
-from bertkit.distributed import Dist, all_gather_objects, init, parallelize, shutdown
-from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, initial_weights, prepare_output_dir
+from bertkit.distributed import Dist, all_gather_objects, env_ranks, init, parallelize, shutdown
+from bertkit.flags import flag, parse_bool
+from bertkit.optim import WarmupPolyDecay, make_finetune_optimizer
+from bertkit.stream import Stream, to_device
+from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
+from bertkit.tasks.finetune.batching import length_grouped_order
+from bertkit.tasks.finetune.recipes import GOOGLE, SMALL_MODEL_PARAMS, choose_recipe
 from bertkit.tokenizer import WordPiece
+from bertkit.train import Checkpointer, LoopConfig, RunLog, StopFlag, Stopped, autocast, fit
 
-TASKS = {"mrpc": "bertkit.tasks.mrpc", "squad": "bertkit.tasks.squad"}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The optimisation settings a run takes when their flags are not given."""
-    learning_rate: float
-    num_train_epochs: float
-    warmup_proportion: float = 0.1
-    layerwise_lr_decay: float = 1.0
-    group_by_length: bool = False
-    train_batch_size: int = 32  # per process
-
-
-# Google's run_classifier.py and run_squad.py flag defaults (lr 5e-5, 3 epochs, 10% warmup).
-GOOGLE = {"mrpc": Recipe(5e-5, 3.0), "squad": Recipe(5e-5, 3.0)}
-# Small encoders (MiniLM-sized): measured with benchmarks/finetune_mrpc.py, see benchmarks/README.md.
-SMALL = {"mrpc": Recipe(2e-4, 5.0, layerwise_lr_decay=0.8, group_by_length=True, train_batch_size=16),
-         "squad": Recipe(1e-4, 2.0, group_by_length=True)}
-SMALL_MODEL_PARAMS = 30_000_000  # encoder parameters (embeddings excluded) below which SMALL applies
-
-
-def encoder_params(config: BertConfig) -> int:
-    """Parameters of the Transformer layers alone (what sets a model's capacity, not its vocabulary)."""
-    H, I = config.hidden_size, config.intermediate_size
-    return config.num_hidden_layers * (4 * H * H + 2 * H * I + 9 * H + I)
-
-
-# ---- dispatch -----------------------------------------------------------------------------------
-
-def main(argv: list[str]) -> int:
-    task, rest = split_task(argv)
-    if task is None:
-        print(USAGE)
-        return 0 if argv else 2
-    return importlib.import_module(TASKS[task]).main(rest)
-
-
-USAGE = """usage: bertkit finetune {mrpc,squad} [flags]
-
-  mrpc   paraphrase classification on GLUE's MRPC (the seed's run_classifier.py flags)
-  squad  span question answering on SQuAD v1.1 / v2.0 (the seed's run_squad.py flags)
-
-`--task_name=MRPC` may stand in for the task word. Run `bertkit finetune mrpc --help` for a task's flags."""
-
-
-def split_task(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The task (from the first word, or --task_name) and the remaining flags."""
-    named = None
-    for i, a in enumerate(argv):
-        for prefix in ("--task_name", "--task-name"):
-            if a == prefix and i + 1 < len(argv):
-                named = argv[i + 1]
-            elif a.startswith(prefix + "="):
-                named = a.split("=", 1)[1]
-    word = argv[0] if argv and not argv[0].startswith("-") else None
-    if word is None and named is None:
-        if not argv or argv[0] in ("-h", "--help"):
-            return None, []
-        raise BertkitError("name the task: `bertkit finetune mrpc ...`, `bertkit finetune squad ...` "
-                           "or --task_name=MRPC")
-    for name in (word, named):
-        if name is not None and name.lower() not in TASKS:
-            raise BertkitError(f"task {name!r}: bertkit fine-tunes {' and '.join(TASKS)} only")
-    if word is not None and named is not None and word.lower() != named.lower():
-        raise BertkitError(f"the task word {word!r} and --task_name={named} disagree")
-    return (word or named).lower(), argv[1:] if word is not None else argv
-
-
-# ---- flags --------------------------------------------------------------------------------------
 
 def add_flags(p, task: str, max_seq_length: int) -> None:
     """The flags MRPC and SQuAD share: the seed's names, in snake_case or kebab-case."""
@@ -168,26 +96,9 @@ def check_flags(args) -> None:
 
 def say(msg: str) -> None:
     """Print a note on stderr, from the main process only."""
-    from bertkit.distributed import env_ranks
-
     if env_ranks()[0] == 0:
         print(msg, file=sys.stderr, flush=True)
 
-
-def choose_recipe(args, task: str, config: BertConfig, log=say) -> None:
-    """Fill the optimisation flags left unset from the task's recipe for this model size."""
-    small = encoder_params(config) < SMALL_MODEL_PARAMS
-    recipe = (SMALL if small else GOOGLE)[task]
-    unset = [k for k in ("learning_rate", "num_train_epochs", "warmup_proportion", "layerwise_lr_decay",
-                         "group_by_length", "train_batch_size") if getattr(args, k) is None]
-    for k in unset:
-        setattr(args, k, getattr(recipe, k))
-    if unset and args.do_train:
-        log(f"recipe ({'small-model' if small else 'Google'} defaults for {task}): "
-            + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
-
-
-# ---- model and processes ------------------------------------------------------------------------
 
 @dataclass
 class Setup:
@@ -227,8 +138,6 @@ def setup(args, task: str, log=say) -> Setup:
 
 def build(model: nn.Module, s: Setup, args, log=say) -> nn.Module:
     """Load the initial weights into `model` (a task head over the encoder); report fresh heads."""
-    from bertkit.checkpoint import load_weights
-
     if s.state is not None:
         fresh = load_weights(model, s.state, str(args.init_checkpoint))
         heads = [k for k in fresh if not k.startswith("bert.")]
@@ -249,83 +158,9 @@ def run_id(args, task: str, s: Setup, files: dict) -> dict:
             **{k: getattr(args, k) for k in keys}, **{k: str(v) for k, v in files.items()}}
 
 
-# ---- training -----------------------------------------------------------------------------------
-
 def train_steps(num_examples: int, global_batch: int, epochs: float) -> int:
     """Google's count: int(num_examples / global batch * epochs)."""
     return int(num_examples / global_batch * epochs)
-
-
-def length_grouped_order(lengths: np.ndarray, chunk: int, seed: int, epoch: int,
-                         group_chunks: int = 50) -> np.ndarray:
-    """Epoch `epoch`'s order of the samples for `Stream`, with each run of `chunk` samples (one
-    optimizer step's batch, all ranks together) of similar lengths.
-
-    The samples are shuffled, cut into groups of `chunk * group_chunks`, each group sorted by length
-    and cut into chunks, and the chunks shuffled. Epochs follow each other without a break, so a
-    step's batch starts at a multiple of `chunk` counted from the first epoch: the first
-    `(-epoch * n) % chunk` samples of this epoch finish the last batch of the one before, and the
-    short chunk goes last. Depends only on (seed, epoch)."""
-    n = len(lengths)
-    rng = np.random.default_rng([seed, epoch, 7])
-    perm = rng.permutation(n)
-    head = min((-epoch * n) % chunk, n)
-    rest = perm[head:]
-    chunks = []
-    group = chunk * group_chunks
-    for g in range(0, len(rest), group):
-        part = rest[g:g + group]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        chunks += [part[i:i + chunk] for i in range(0, len(part), chunk)]
-    tail = [c for c in chunks if len(c) < chunk]  # at most one: only the last group can be short
-    full = [c for c in chunks if len(c) == chunk]
-    full = [full[i] for i in rng.permutation(len(full))]
-    return np.concatenate([perm[:head], *full, *tail]).astype(np.int64)
-
-
-class LayerwiseAdamW(torch.optim.AdamW):
-    """AdamW whose parameter groups each carry an `lr_scale`: the training loop sets one learning
-    rate on every group, and each group steps with that rate times its scale."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        rates = [g["lr"] for g in self.param_groups]
-        for g in self.param_groups:
-            g["lr"] = g["lr"] * g["lr_scale"]
-        try:
-            return super().step(closure)
-        finally:
-            for g, lr in zip(self.param_groups, rates):
-                g["lr"] = lr
-
-
-def make_finetune_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                            layerwise_lr_decay: float = 1.0) -> torch.optim.Optimizer:
-    """AdamW (eps 1e-6, no weight decay for biases and LayerNorm). With `layerwise_lr_decay` < 1,
-    layer k of L (embeddings 0, heads L + 1) learns at decay ** (L + 1 - k) of the peak rate."""
-    from bertkit.optim import make_optimizer, param_groups
-
-    if layerwise_lr_decay >= 1.0:
-        return make_optimizer("adamw", model, lr=lr, weight_decay=weight_decay, eps=1e-6)
-    L = model.config.num_hidden_layers
-
-    def depth(name: str) -> int:
-        if name.startswith("bert.embeddings."):
-            return 0
-        if name.startswith("bert.layers."):
-            return int(name.split(".")[2]) + 1
-        return L + 1  # pooler and task head
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = []
-    for base in param_groups(model, weight_decay):
-        by_depth: dict[int, list] = {}
-        for p in base["params"]:
-            by_depth.setdefault(depth(names[id(p)]), []).append(p)
-        groups += [{"params": ps, "weight_decay": base["weight_decay"],
-                    "lr_scale": layerwise_lr_decay ** (L + 1 - k)} for k, ps in sorted(by_depth.items())]
-    fused = True if {p.device.type for p in model.parameters()} <= {"cpu", "cuda"} else None
-    return LayerwiseAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=weight_decay, fused=fused)
 
 
 def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Callable, num_examples: int,
@@ -335,12 +170,6 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
     loop; the checkpoint at the end goes to --output_dir. With `eval_fn`, the model is also scored
     every `eval_every` steps (into the log). Returns the model (wrapped for the processes) and a
     summary: steps, seconds spent training, the last logged record."""
-    from bertkit.checkpoint import load_training, load_weights
-    from bertkit.optim import WarmupPolyDecay
-    from bertkit.stream import Stream
-    from bertkit.tasks.common import fp32_patterns
-    from bertkit.train import Checkpointer, LoopConfig, RunLog, fit
-
     d = s.d
     out = Path(args.output_dir)
     global_batch = args.train_batch_size * d.world_size
@@ -391,17 +220,12 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
                  "resumed_from_step": start, "global_batch": global_batch, **{f"last_{k}": v for k, v in last.items()}}
 
 
-# ---- evaluation ---------------------------------------------------------------------------------
-
 def infer(model: nn.Module, features: Sequence, collate: Callable,
           forward: Callable[[nn.Module, dict], list], batch_size: int, d: Dist, precision: str) -> list:
     """`forward(model, batch)` (one output per sequence) over every feature, in feature order, on
     all ranks together. The batches are fixed before they are dealt to the ranks (sequences sorted
     by length, then cut), so each sequence meets the same batch whatever the number of processes,
     and the outputs are identical bit for bit."""
-    from bertkit.stream import to_device
-    from bertkit.train import autocast
-
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -417,19 +241,9 @@ def infer(model: nn.Module, features: Sequence, collate: Callable,
     return [merged[i] for i in range(len(features))]
 
 
-def write_json(path: Path, obj: dict) -> None:
-    import json
-
-    from bertkit.io import write_atomic
-
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def run_main(args, body: Callable) -> int:
     """Enter SIGTERM handling, call `body(args)`, leave the process group; a stop by SIGTERM after
     the checkpoint is saved returns 143."""
-    from bertkit.train import StopFlag, Stopped
-
     with StopFlag() as stop:
         args.stop = stop
         try:

@@ -1,5 +1,5 @@
 """MRPC (Microsoft Research Paraphrase Corpus): reading GLUE's and Microsoft's files, fetching them
-when missing, pair features, padded batches, length-grouped batching, metrics and GLUE test output.
+when missing, pair features, padded batches, metrics and GLUE test output.
 
 Every MRPC file is tab-separated with a header row and five columns:
 `Quality  #1 ID  #2 ID  #1 String  #2 String` (GLUE's `test.tsv` has `index` in place of the
@@ -9,17 +9,18 @@ tabs only, as Python's csv module does with `quoting=csv.QUOTE_NONE`.
 
 from __future__ import annotations
 
-import math
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from bertkit import BertkitError
+from bertkit.fetch import fetch
 from bertkit.io import write_atomic
+from bertkit.tasks.finetune.batching import pad_rows
+from bertkit.tokenizer import truncate_seq_pair
 
 COLUMNS = ("#1 ID", "#2 ID", "#1 String", "#2 String")  # after the first column (Quality or index)
 GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
@@ -134,8 +135,6 @@ def download_mrpc(data_dir: str | os.PathLike,
     """Fetch the SentEval copies of MRPC and GLUE's dev ids into `data_dir` and write GLUE's
     `train.tsv`, `dev.tsv` (the train rows whose id pair is a dev id) and `test.tsv` beside them,
     byte for byte as GLUE's download_glue_data.py writes them."""
-    from bertkit.download import fetch
-
     data_dir = Path(data_dir)
     sources = sources or MRPC_SOURCES
     got = {name: fetch(url, data_dir / name, sha256=sha, desc=f"MRPC {name}")
@@ -181,8 +180,6 @@ def download_mrpc(data_dir: str | os.PathLike,
 def make_features(examples: Sequence[MrpcExample], tokenizer, max_seq_length: int) -> list[PairFeature]:
     """`[CLS] a [SEP] b [SEP]` for each pair, the longer side cut first to fit `max_seq_length`
     (what `WordPiece.encode_pair` does, with every sentence tokenized in one batch)."""
-    from bertkit.tokenizer import truncate_seq_pair
-
     if max_seq_length < 3:
         raise BertkitError(f"--max_seq_length must be at least 3 for a sentence pair, got {max_seq_length}")
     ids = tokenizer.encode_batch([t for ex in examples for t in (ex.text_a, ex.text_b)])
@@ -193,17 +190,6 @@ def make_features(examples: Sequence[MrpcExample], tokenizer, max_seq_length: in
         input_ids, types = tokenizer.build_pair(a, b)
         features.append(PairFeature(input_ids, types, ex.label))
     return features
-
-
-def pad_rows(rows: Sequence[Sequence[int]], value: int, multiple_of: int | None = None) -> torch.Tensor:
-    """Rows padded on the right to the longest (rounded up to `multiple_of`): (B, T) int64."""
-    width = max((len(r) for r in rows), default=0)
-    if multiple_of:
-        width = -(-width // multiple_of) * multiple_of
-    out = torch.full((len(rows), width), value, dtype=torch.int64)  # (B, T)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.int64)
-    return out
 
 
 def collate(features: Sequence[PairFeature], pad_id: int = 0,
@@ -222,58 +208,6 @@ def collate(features: Sequence[PairFeature], pad_id: int = 0,
     elif any(label is not None for label in labels):
         raise ValueError("a batch mixes labelled and unlabelled examples")
     return batch
-
-
-class LengthGroupedBatches:
-    """Batches of indices whose sequences have similar lengths, so little of a batch is padding.
-
-    Each epoch the indices are shuffled, cut into groups of `batch_size * group_batches`, each group
-    is sorted by length and cut into batches, and the batches are shuffled. The order depends only on
-    `seed` and the epoch (`set_epoch`). With `world_size` > 1, rank r takes every world_size-th batch;
-    the batch list is first extended by repeating its first batches so that every rank gets as many.
-    Usable as a DataLoader `batch_sampler`.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int = 50,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        if batch_size < 1:
-            raise BertkitError(f"batch size must be at least 1, got {batch_size}")
-        self.lengths = list(lengths)
-        self.batch_size, self.seed, self.group_batches = batch_size, seed, max(1, group_batches)
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batches(self) -> list[list[int]]:
-        """This rank's batches for the current epoch."""
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        group = self.batch_size * self.group_batches
-        out = []
-        for g in range(0, len(order), group):
-            chunk = sorted(order[g: g + group], key=lambda i: self.lengths[i], reverse=True)
-            out += [chunk[b: b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
-        if self.drop_last:
-            out = [b for b in out if len(b) == self.batch_size]
-        rng.shuffle(out)
-        if self.world_size > 1 and out:
-            per_rank = math.ceil(len(out) / self.world_size)
-            out += out[: per_rank * self.world_size - len(out)]
-            out = out[self.rank:: self.world_size]
-        return out
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        full, rest = divmod(n, self.batch_size * self.group_batches)
-        count = full * self.group_batches + math.ceil(rest / self.batch_size) if not self.drop_last \
-            else full * self.group_batches + rest // self.batch_size
-        return math.ceil(count / self.world_size)
 
 
 # ---- metrics and output -----------------------------------------------------------------------

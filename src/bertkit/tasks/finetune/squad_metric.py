@@ -27,6 +27,9 @@ import sys
 from typing import Sequence
 
 from bertkit import BertkitError
+from bertkit.flags import ArgumentParser
+from bertkit.io import write_json
+from bertkit.tasks.finetune.squad_data import load_json
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -164,8 +167,6 @@ def _best_threshold(predictions, scores, na_probs, has_answer) -> tuple[float, f
 
 
 def main(argv: list[str]) -> int:
-    from bertkit.cli import ArgumentParser
-
     p = ArgumentParser(prog="bertkit squad-eval", description=(
         "Score SQuAD predictions with the official definitions (v1.1; v2.0 when the data has "
         "unanswerable questions). Prints a JSON object with exact_match and f1 (percentages)."))
@@ -177,8 +178,6 @@ def main(argv: list[str]) -> int:
                    help="Predict no answer where the no-answer probability exceeds this (default 1.0).")
     p.add_argument("--out-file", "--out_file", dest="out_file", help="Also write the scores to this JSON file.")
     args = p.parse_args(argv)
-
-    from bertkit.data.squad import load_json
 
     data = load_json(args.data_file)
     predictions = load_json(args.pred_file)
@@ -204,7 +203,5 @@ def main(argv: list[str]) -> int:
     text = json.dumps(out)
     print(text)
     if args.out_file:
-        from bertkit.io import write_atomic
-
-        write_atomic(args.out_file, (json.dumps(out, indent=2) + "\n").encode("utf-8"))
+        write_json(args.out_file, out)
     return 0

@@ -26,9 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from bertkit import BertkitError
-from bertkit.cli import ArgumentParser, flag, parse_bool
-from bertkit.data import squad
-from bertkit.tasks import finetune as ft
+from bertkit.flags import ArgumentParser, flag, parse_bool
+from bertkit.io import write_json
+from bertkit.model import BertForQuestionAnswering
+from bertkit.tasks.finetune import runner as ft
+from bertkit.tasks.finetune import squad_data as squad
+from bertkit.tasks.finetune.squad_metric import evaluate
+from bertkit.tasks.finetune.squad_predict import postprocess, write_predictions
 
 
 def parser() -> ArgumentParser:
@@ -99,8 +103,6 @@ def report_cut_questions(examples, tokenizer, max_query_length: int, path: str) 
 
 
 def run(args) -> int:
-    from bertkit.model import BertForQuestionAnswering
-
     v2 = args.version_2_with_negative
     train_examples = predict_examples = None
     if args.do_train:
@@ -136,7 +138,7 @@ def run(args) -> int:
         net, summary = ft.train(model, features, collate, span_loss, len(train_examples), args, s, run_id)
         summary["skipped_training_questions"] = len(train_examples.skipped)
         if d.is_main:
-            ft.write_json(out / "train_results.json", summary)
+            write_json(out / "train_results.json", summary)
     else:
         net = model.to(d.device)
     if args.do_predict:
@@ -144,15 +146,15 @@ def run(args) -> int:
         features = squad.make_features(predict_examples, s.tokenizer, is_training=False, **windows)
         rows = ft.infer(net, features, collate, span_rows, args.eval_batch_size, d, args.precision)
         if d.is_main:
-            predictions, nbest, null_odds = squad.postprocess(
+            predictions, nbest, null_odds = postprocess(
                 predict_examples, features, [r[0] for r in rows], [r[1] for r in rows],
                 n_best_size=args.n_best_size, max_answer_length=args.max_answer_length, lowercase=s.lowercase,
                 version_2=v2, null_score_diff_threshold=args.null_score_diff_threshold)
             out.mkdir(parents=True, exist_ok=True)
-            squad.write_predictions(out, predictions, nbest, null_odds if v2 else None)
+            write_predictions(out, predictions, nbest, null_odds if v2 else None)
             results = score(args.predict_file, predictions, null_odds if v2 else None)
             if results:
-                ft.write_json(out / "eval_results.json", results)
+                write_json(out / "eval_results.json", results)
             else:
                 ft.say(f"{args.predict_file} has no answers: predictions written, nothing to score")
     if d.is_main:
@@ -164,8 +166,6 @@ def score(path: str, predictions: dict[str, str], null_odds: dict[str, float] | 
     """exact_match and f1 as `bertkit squad-eval` gives them; {} when the file holds no answers.
     For v2.0 also the best no-answer thresholds over the null odds (which leave the scores as
     they are: the threshold there is infinite)."""
-    from bertkit.data.squad_metric import evaluate
-
     data = squad.load_json(path)
     has_gold = any(qa.get("answers") or qa.get("is_impossible") for _, qa in squad.iter_questions(data, path))
     if not has_gold:

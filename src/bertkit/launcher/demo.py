@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertkit import BertkitError
-from bertkit.data.bundled import ASSETS
+from bertkit.data.bundled import ASSETS, corpus_path, demo_dataset
+from bertkit.launcher.argv import finetune_argv, pretrain_argv
+from bertkit.launcher.steps import Step, check_hosts, execute, show, timeout_of
+from bertkit.launcher.plans import dataset_ready, rank0_first
+from bertkit.launcher.recipes import Finetune, Phase
+from bertkit.launcher.seed_flags import parser, say
+from bertkit.launcher.topology import detect
+from bertkit.tasks.finetune.mrpc_data import metrics, read_mrpc
 
 MRPC_SAMPLE = ASSETS / "mrpc_sample"
 OUTPUT_DIR = "bertkit-demo"
@@ -50,8 +57,6 @@ DEMO_FLAGS = {"output_dir", "use_horovod", "data_type", "kubernetes_run", "dist_
 
 def check_flags(args) -> None:
     """The demo takes -o, -v, -d and bertkit's run flags; the seed's others need -c/--command."""
-    from bertkit.launcher import parser
-
     defaults = vars(parser().parse_args([]))
     given = [k for k, v in vars(args).items() if k not in DEMO_FLAGS and v != defaults[k]]
     if given:
@@ -61,8 +66,6 @@ def check_flags(args) -> None:
 
 def steps(args, size: DemoSize, world: int, out: Path, data: Path) -> list:
     """The demo's two bertkit commands, through the launcher's own command-line builders."""
-    from bertkit.launcher import Finetune, Phase, Step, finetune_argv, pretrain_argv
-
     if size.pretrain_batch % world or size.finetune_batch % world:
         raise BertkitError(f"-v {world}: the demo's batches ({size.pretrain_batch}, {size.finetune_batch}) "
                            "must split evenly over the workers")
@@ -82,16 +85,12 @@ def steps(args, size: DemoSize, world: int, out: Path, data: Path) -> list:
 
 
 def run(args, shell=None) -> int:
-    from bertkit.data.bundled import corpus_path, demo_dataset
-    from bertkit.launcher import (check_hosts, dataset_ready, execute, rank0_first, say, show, timeout_of,
-                                  topology)
-
     check_flags(args)
     if not (MRPC_SAMPLE / "train.tsv").is_file():
         raise BertkitError(f"{MRPC_SAMPLE}: the bundled MRPC sample is not there (removed for its "
                            "non-commercial licence?); the demo needs it")
     size = QUICK if args.quick else FULL
-    topo = topology(args)
+    topo = detect(args)
     out = Path(args.output_dir or OUTPUT_DIR).resolve()
     data = out / "data"
     plan = steps(args, size, topo.world_size, out, data)
@@ -123,8 +122,6 @@ def pretraining_line(logged: list[dict]) -> str:
 
 def report(out: Path, seconds: float) -> str:
     """What the demo did, its scores beside the majority-class baseline, and where the outputs are."""
-    from bertkit.data.mrpc import metrics, read_mrpc
-
     results = json.loads((out / "mrpc" / "eval_results.json").read_text())
     logged = [json.loads(line) for line in (out / "pretrain" / "log.jsonl").read_text().splitlines() if line.strip()]
     labels = [ex.label for ex in read_mrpc(MRPC_SAMPLE / "dev.tsv")]

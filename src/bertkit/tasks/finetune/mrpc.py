@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from bertkit import BertkitError
-from bertkit.cli import ArgumentParser, flag, parse_bool
-from bertkit.data import mrpc
-from bertkit.tasks import finetune as ft
+from bertkit.flags import ArgumentParser, flag, parse_bool
+from bertkit.io import write_atomic, write_json
+from bertkit.model import BertForSequenceClassification
+from bertkit.tasks.finetune import mrpc_data as mrpc
+from bertkit.tasks.finetune import runner as ft
 
 
 def parser() -> ArgumentParser:
@@ -78,8 +80,6 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def run(args) -> int:
-    from bertkit.model import BertForSequenceClassification
-
     files = mrpc.find_mrpc(args.data_dir)  # fetched when absent (offline: one clear error)
     needed = [split for split, flag_ in (("train", args.do_train), ("dev", args.do_eval),
                                          ("test", args.do_predict)) if flag_]
@@ -115,7 +115,7 @@ def run(args) -> int:
         net, summary = ft.train(model, features["train"], collate, classification_loss, len(features["train"]),
                                 args, s, run_id, eval_fn, args.eval_every)
         if d.is_main:
-            ft.write_json(out / "train_results.json", summary)
+            write_json(out / "train_results.json", summary)
     else:
         net = model.to(d.device)
     results = {}
@@ -124,7 +124,7 @@ def run(args) -> int:
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_eval_predictions(out / "eval_predictions.tsv", examples["dev"], logits)
-            ft.write_json(out / "eval_results.json", results)
+            write_json(out / "eval_results.json", results)
     if args.do_predict:
         logits = np.stack(ft.infer(net, features["test"], collate, logit_rows, args.eval_batch_size, d,
                                    args.precision))
@@ -138,8 +138,6 @@ def run(args) -> int:
 
 def write_eval_predictions(path: Path, examples, logits: np.ndarray) -> None:
     """index, prediction and probability of a paraphrase (repr precision) per dev pair."""
-    from bertkit.io import write_atomic
-
     p1 = 1.0 / (1.0 + np.exp(logits[:, 0].astype(np.float64) - logits[:, 1]))  # (N,) softmax of class 1
     lines = ["index\tprediction\tprobability"]
     lines += [f"{ex.guid}\t{int(l.argmax())}\t{float(p)!r}" for ex, l, p in zip(examples, logits, p1)]

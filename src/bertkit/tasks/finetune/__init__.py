@@ -1,0 +1,57 @@
+"""`bertkit finetune mrpc|squad`: the dispatch to the task.
+
+Each task module (mrpc.py, squad.py) parses its flags, reads its data (mrpc_data.py, squad_data.py)
+and calls the runner (runner.py): `setup` (model shape, weights, vocabulary, processes), `train`
+(AdamW, warmup then linear decay, gradient clipping, the one training loop) and `infer` (evaluation
+batches spread over the ranks and gathered, so scores do not depend on the number of processes).
+Under torchrun:
+
+    torchrun --nproc_per_node 8 -m bertkit finetune mrpc --data_dir glue/MRPC \\
+        --init_checkpoint uncased_L-12_H-768_A-12 --output_dir out/mrpc --do_eval
+"""
+
+from __future__ import annotations
+
+from bertkit import BertkitError
+from bertkit.tasks.finetune import mrpc, squad
+
+TASKS = {"mrpc": mrpc.main, "squad": squad.main}
+
+
+def main(argv: list[str]) -> int:
+    task, rest = split_task(argv)
+    if task is None:
+        print(USAGE)
+        return 0 if argv else 2
+    return TASKS[task](rest)
+
+
+USAGE = """usage: bertkit finetune {mrpc,squad} [flags]
+
+  mrpc   paraphrase classification on GLUE's MRPC (the seed's run_classifier.py flags)
+  squad  span question answering on SQuAD v1.1 / v2.0 (the seed's run_squad.py flags)
+
+`--task_name=MRPC` may stand in for the task word. Run `bertkit finetune mrpc --help` for a task's flags."""
+
+
+def split_task(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The task (from the first word, or --task_name) and the remaining flags."""
+    named = None
+    for i, a in enumerate(argv):
+        for prefix in ("--task_name", "--task-name"):
+            if a == prefix and i + 1 < len(argv):
+                named = argv[i + 1]
+            elif a.startswith(prefix + "="):
+                named = a.split("=", 1)[1]
+    word = argv[0] if argv and not argv[0].startswith("-") else None
+    if word is None and named is None:
+        if not argv or argv[0] in ("-h", "--help"):
+            return None, []
+        raise BertkitError("name the task: `bertkit finetune mrpc ...`, `bertkit finetune squad ...` "
+                           "or --task_name=MRPC")
+    for name in (word, named):
+        if name is not None and name.lower() not in TASKS:
+            raise BertkitError(f"task {name!r}: bertkit fine-tunes {' and '.join(TASKS)} only")
+    if word is not None and named is not None and word.lower() != named.lower():
+        raise BertkitError(f"the task word {word!r} and --task_name={named} disagree")
+    return (word or named).lower(), argv[1:] if word is not None else argv

@@ -1,0 +1,48 @@
+"""The optimisation settings a fine-tuning run takes when their flags are not given: Google's for
+base-sized models, a measured recipe for small encoders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from bertkit.config import BertConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The optimisation settings a run takes when their flags are not given."""
+    learning_rate: float
+    num_train_epochs: float
+    warmup_proportion: float = 0.1
+    layerwise_lr_decay: float = 1.0
+    group_by_length: bool = False
+    train_batch_size: int = 32  # per process
+
+
+# Google's run_classifier.py and run_squad.py flag defaults (lr 5e-5, 3 epochs, 10% warmup).
+GOOGLE = {"mrpc": Recipe(5e-5, 3.0), "squad": Recipe(5e-5, 3.0)}
+# Small encoders (MiniLM-sized): measured with benchmarks/finetune_mrpc.py, see benchmarks/README.md.
+SMALL = {"mrpc": Recipe(2e-4, 5.0, layerwise_lr_decay=0.8, group_by_length=True, train_batch_size=16),
+         "squad": Recipe(1e-4, 2.0, group_by_length=True)}
+SMALL_MODEL_PARAMS = 30_000_000  # encoder parameters (embeddings excluded) below which SMALL applies
+
+
+def encoder_params(config: BertConfig) -> int:
+    """Parameters of the Transformer layers alone (what sets a model's capacity, not its vocabulary)."""
+    H, I = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * (4 * H * H + 2 * H * I + 9 * H + I)
+
+
+
+def choose_recipe(args, task: str, config: BertConfig, log: Callable[[str], None] = print) -> None:
+    """Fill the optimisation flags left unset from the task's recipe for this model size."""
+    small = encoder_params(config) < SMALL_MODEL_PARAMS
+    recipe = (SMALL if small else GOOGLE)[task]
+    unset = [k for k in ("learning_rate", "num_train_epochs", "warmup_proportion", "layerwise_lr_decay",
+                         "group_by_length", "train_batch_size") if getattr(args, k) is None]
+    for k in unset:
+        setattr(args, k, getattr(recipe, k))
+    if unset and args.do_train:
+        log(f"recipe ({'small-model' if small else 'Google'} defaults for {task}): "
+            + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
