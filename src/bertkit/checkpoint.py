@@ -8,7 +8,6 @@ unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,20 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from bertkit import BertkitError
 from bertkit.config import BertConfig
-from bertkit.io import atomic_path
+from bertkit.io import atomic_path, file_digest
 
 WEIGHTS = "model.safetensors"
 CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
 META = "bertkit.json"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(folder: str | os.PathLike, config: BertConfig, state_dict: dict[str, torch.Tensor],
@@ -54,7 +45,7 @@ def save_model(folder: str | os.PathLike, config: BertConfig, state_dict: dict[s
             write(tmp / name)
         names = [WEIGHTS, CONFIG, VOCAB, *(files or {})]
         meta = {"format": "bertkit", "version": 1, "do_lower_case": lowercase, **(extra or {}),
-                "sha256": {name: sha256_file(tmp / name) for name in names}}
+                "sha256": {name: file_digest(tmp / name) for name in names}}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
@@ -83,7 +74,7 @@ def verify_folder(folder: str | os.PathLike, verify: bool = True) -> dict:
         path = folder / name
         if not path.is_file():
             raise BertkitError(f"{path}: missing from the model folder")
-        if verify and sha256_file(path) != meta["sha256"].get(name):
+        if verify and file_digest(path) != meta["sha256"].get(name):
             raise BertkitError(f"{path}: sha256 does not match {META} (corrupt or modified file)")
     return meta
 

@@ -112,6 +112,23 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def read_text(path: str | os.PathLike, what: str = "", encoding: str = "utf-8") -> str:
+    """A text file's contents; a missing, unreadable or non-UTF-8 file is one BertkitError naming
+    the file (and the line of the first bad byte). `what` names the kind of file in the message."""
+    kind = f"{what} " if what else ""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BertkitError(f"{path}: no such {kind}file") from None
+    except OSError as e:
+        raise BertkitError(f"{path}: cannot read {kind}({e.strerror})") from None
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise BertkitError(f"{path}:{line}: {kind + 'is ' if what else ''}not valid UTF-8") from None
+
+
 def file_chunks(path: str | os.PathLike, size: int = 1 << 22) -> Iterator[bytes]:
     """The bytes of a file in chunks of `size`: what every digest here reads."""
     with open(path, "rb") as f:

@@ -9,6 +9,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from bertkit import BertkitError
+from bertkit.io import read_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -16,17 +17,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
     """Google's vocab.txt: one token per line, id = line number. Tokens are stripped of surrounding
     whitespace as Google's `load_vocab` does."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BertkitError(f"{path}: no such vocab file") from None
-    except OSError as e:
-        raise BertkitError(f"{path}: cannot read vocab ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise BertkitError(f"{path}:{line}: vocab is not valid UTF-8") from None
+    text = read_text(path, "vocab")
     vocab: dict[str, int] = {}
     for i, line in enumerate(text.split("\n")):
         token = line.strip()

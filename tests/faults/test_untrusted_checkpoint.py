@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertkit.checkpoint import META, sha256_file
+from bertkit.checkpoint import META
+from bertkit.io import file_digest as sha256_file
 from bertkit.cli import main as bertkit
 from conftest import DATA, FIXTURES
 from tiny import one_line, pretrain_args, tiny_setup

@@ -27,7 +27,7 @@ import google_crc32c
 import numpy as np
 
 from bertkit import BertkitError
-from bertkit.io import write_atomic
+from bertkit.io import file_chunks, write_atomic
 
 MAGIC = b"BKSHARD\x01"
 # The arrays of a shard and the types each may have.
@@ -140,18 +140,16 @@ class Shard:
 def file_digests(path: str | os.PathLike) -> tuple[str, int]:
     """(sha256 hex, crc32c) of a file, read once."""
     sha, crc = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-            crc = google_crc32c.extend(crc, chunk)
+    for chunk in file_chunks(path):
+        sha.update(chunk)
+        crc = google_crc32c.extend(crc, chunk)
     return sha.hexdigest(), crc
 
 
 def file_crc32c(path: str | os.PathLike) -> int:
     crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = google_crc32c.extend(crc, chunk)
+    for chunk in file_chunks(path):
+        crc = google_crc32c.extend(crc, chunk)
     return crc
 
 

@@ -8,7 +8,6 @@ list of soskek/bookcorpus (smashwords.com), from which the books offered as plai
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from bertkit import BertkitError
 from bertkit.fetch import fetch
-from bertkit.io import write_atomic
+from bertkit.io import file_digest, write_atomic
 
 WIKI_URL = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2"
 BOOKS_LIST_URL = "https://raw.githubusercontent.com/soskek/bookcorpus/master/url_list.jsonl"
@@ -63,21 +62,13 @@ def download_wikipedia(folder: str | os.PathLike, url: str = WIKI_URL, sha1_url:
             print(f"bertkit: {sha1_url} lists no SHA-1 for {name}; the dump is not checked", file=sys.stderr)
     path = fetch(url, dest, desc=name)
     if expected is not None:
-        digest = _sha1(path)
+        digest = file_digest(path, "sha1")
         if digest != expected:
             path.unlink()
             raise BertkitError(f"{url}: the download's SHA-1 {digest} is not Wikimedia's {expected} "
                                "(a newer dump may have appeared meanwhile); deleted, run again")
         stamp.write_text(f"{digest} {path.stat().st_size}\n")
     return path
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_books(folder: str | os.PathLike, list_url: str = BOOKS_LIST_URL) -> tuple[int, int]:

@@ -17,7 +17,6 @@ from bertkit.io import write_atomic
 if TYPE_CHECKING:
     from bertkit.config import BertConfig
 
-BUNDLED_VOCAB = Path(__file__).resolve().parents[1] / "assets" / "vocab" / "uncased_vocab.txt"
 
 
 def add_run_flags(p) -> None:

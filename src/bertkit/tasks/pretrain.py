@@ -23,7 +23,7 @@ from bertkit.distributed import Dist, all_reduce, init, parallelize, shutdown
 from bertkit.model import BertForPreTraining
 from bertkit.optim import WarmupPolyDecay, make_optimizer
 from bertkit.stream import Stream
-from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
+from bertkit.tasks.common import add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
 from bertkit.tokenizer import load_vocab
 from bertkit.train import Checkpointer, LoopConfig, RunLog, StopFlag, Stopped, fit
 
@@ -106,18 +106,8 @@ def _dataset(path: str, args, vocab: dict):
                               (vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], vocab["[PAD]"]),
                               seed=args.seed, masked_lm_prob=args.masked_lm_prob,
                               whole_word_mask=args.whole_word_mask, skip_corrupt=args.skip_corrupt_records,
-                              **_word_starts(args, vocab))
-
-
-def _word_starts(args, vocab: dict) -> dict:
-    if not args.whole_word_mask:
-        return {}
-    import numpy as np
-
-    starts = np.ones(len(vocab), dtype=bool)
-    for token, i in vocab.items():
-        starts[i] = not token.startswith("##")
-    return {"word_start": starts}
+                              word_start=word_starts(sorted(vocab, key=vocab.__getitem__)) if args.whole_word_mask
+                              else None)
 
 
 def validate(args) -> None:
@@ -176,7 +166,7 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
         raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
     data_vocab = Path(args.input_files_dir) / "vocab.txt"  # a bertkit dataset records its vocab
     data_vocab = data_vocab if data_vocab.is_file() else None
-    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or data_vocab or BUNDLED_VOCAB)
+    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or data_vocab or vocab_path())
     vocab = load_vocab(vocab_file)
     if data_vocab is not None and load_vocab(data_vocab) != vocab:
         raise BertkitError(f"{args.input_files_dir} was made with another vocabulary than {vocab_file}")

@@ -48,9 +48,7 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    ft.check_flags(args)
-    if args.task_name.lower() != "mrpc":
-        raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes MRPC")
+    ft.check_flags(args, "MRPC")
     if not (args.do_train or args.do_eval or args.do_predict):
         raise BertkitError("nothing to do: give --do_train, --do_eval or --do_predict")
     if args.eval_every < 0 or (args.eval_every and not (args.do_train and args.do_eval)):

@@ -18,7 +18,7 @@ import torch
 
 from bertkit import BertkitError
 from bertkit.fetch import fetch
-from bertkit.io import write_atomic
+from bertkit.io import read_text, write_atomic
 from bertkit.tasks.finetune.batching import pad_rows
 from bertkit.tokenizer import truncate_seq_pair
 
@@ -67,17 +67,7 @@ class PairFeature:
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     """A text file's lines without line ends; a UTF-8 byte order mark is dropped."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BertkitError(f"{path}: no such file") from None
-    except OSError as e:
-        raise BertkitError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise BertkitError(f"{path}:{line}: not valid UTF-8") from None
+    text = read_text(path, encoding="utf-8-sig")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line

@@ -21,7 +21,7 @@ from bertkit.distributed import Dist, all_gather_objects, env_ranks, init, paral
 from bertkit.flags import flag, parse_bool
 from bertkit.optim import WarmupPolyDecay, make_finetune_optimizer
 from bertkit.stream import Stream, to_device
-from bertkit.tasks.common import BUNDLED_VOCAB, add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
+from bertkit.tasks.common import add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
 from bertkit.tasks.finetune.batching import length_grouped_order
 from bertkit.tasks.finetune.recipes import GOOGLE, SMALL_MODEL_PARAMS, choose_recipe
 from bertkit.tokenizer import WordPiece
@@ -73,8 +73,10 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
     add_run_flags(p)
 
 
-def check_flags(args) -> None:
-    """What the shared flags must satisfy, checked before any work starts."""
+def check_flags(args, task: str) -> None:
+    """What the shared flags must satisfy, checked before any work starts. `task`: MRPC or SQuAD."""
+    if args.task_name.lower() != task.lower():
+        raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes {task}")
     args.precision = args.precision or "fp32"
     for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "save_checkpoints_steps"):
         value = getattr(args, name)  # None: left to the recipe
@@ -117,7 +119,7 @@ def setup(args, task: str, log=say) -> Setup:
     if init_config is not None and config != init_config:
         raise BertkitError(f"--bert_config_file {args.bert_config_file} describes another model shape than "
                            f"--init_checkpoint {args.init_checkpoint}")
-    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or BUNDLED_VOCAB)
+    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or vocab_path())
     if not vocab_file.is_file():
         raise BertkitError(f"--vocab_file: {vocab_file}: no such file")
     if args.do_lower_case is not None:

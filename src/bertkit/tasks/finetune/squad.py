@@ -60,9 +60,7 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    ft.check_flags(args)
-    if args.task_name.lower() != "squad":
-        raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes SQuAD")
+    ft.check_flags(args, "SQuAD")
     if not (args.do_train or args.do_predict):
         raise BertkitError("nothing to do: give --do_train or --do_predict")
     if args.do_train and not args.train_file:
