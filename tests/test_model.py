@@ -73,7 +73,10 @@ def test_masked_positions_gather_equals_full_logits(fixture_model):
     torch.testing.assert_close(part, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(part, ref["prediction_logits"][torch.arange(3)[:, None], positions],
                                rtol=0, atol=1e-5)
-    assert torch.equal(nsp_part, nsp_full)
+    # Equal up to the matrix kernels: the last layer computes [CLS] with fewer rows beside it when
+    # it reads only the masked positions, and AVX-512 kernels may round such a product differently
+    # (7e-9 measured on a Xeon with AMX); the same code on an AVX2 machine is bit-identical.
+    torch.testing.assert_close(nsp_part, nsp_full, rtol=0, atol=1e-7)
 
 
 def test_no_mask_equals_all_ones_mask(fixture_model):

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from bertkit import BertkitError
-from bertkit.checkpoint import OPTIMIZER, list_checkpoints, load_training
+from bertkit.checkpoint import OPTIMIZER, CheckpointManager, list_checkpoints, load_training
 from bertkit.distributed import Dist
 from bertkit.model import BertForPreTraining
 from bertkit.optim import WarmupPolyDecay, make_optimizer
 from bertkit.stream import Stream
 from bertkit.tasks.pretrain import pretraining_loss
-from bertkit.train import Checkpointer, LoopConfig, RunLog, fit, keep_fp32
+from bertkit.runlog import RunLog
+from bertkit.train import LoopConfig, fit, keep_fp32
 from conftest import VOCAB
 from synthetic import CONFIG, Instances, collate
 
@@ -31,9 +32,8 @@ def train(tmp_path, steps, resume=None, data=None, loss_fn=pretraining_loss, **l
         opt.load_state_dict(opt_state)
         start = trainer["step"]
     stream = Stream(data or Instances(), 8, collate, seed=1)
-    cfg = LoopConfig(total_steps=steps, lr=1e-2, schedule=WarmupPolyDecay(2, 10),
-                     **{"save_every": 3, "log_every": 2, **loop})
-    ckpt = Checkpointer(tmp_path, CONFIG, VOCAB, keep_last=0)
+    cfg = LoopConfig(total_steps=steps, lr=1e-2, schedule=WarmupPolyDecay(2, 10), **{"log_every": 2, **loop})
+    ckpt = CheckpointManager(tmp_path, CONFIG, VOCAB, every=3, keep=0)
     result = fit(model, opt, loss_fn, stream, cfg, Dist(), RunLog(tmp_path / "log.jsonl", True, steps, start),
                  ckpt, start)
     return model, opt, result

@@ -1,21 +1,31 @@
 """What every training task shares: the flags for precision, device, seed and outputs; the output
-folder's rules (resume the same run, refuse to overwrite another); loading initial weights."""
+folder's rules (resume the same run, refuse to overwrite another); loading initial weights; the
+start of a training run (log, resume, optimizer, processes) and its end (results, SIGTERM)."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
+
+import torch
+from torch import nn
 
 from bertkit import BertkitError
-from bertkit.checkpoint import latest_checkpoint, list_checkpoints
+from bertkit.checkpoint import OPTIMIZER, CheckpointManager, latest_checkpoint, list_checkpoints
+from bertkit.config import BertConfig
+from bertkit.convert import read_any
+from bertkit.distributed import Dist, shutdown
 from bertkit.flags import PRECISIONS, flag, parse_bool
-from bertkit.io import write_atomic
-
-if TYPE_CHECKING:
-    from bertkit.config import BertConfig
+from bertkit.io import os_error_message, write_json
+from bertkit.ranks import env_ranks
+from bertkit.runlog import RunLog
+from bertkit.train import StopFlag, Stopped
 
 
 
@@ -97,7 +107,7 @@ def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: boo
                 shutil.rmtree(folder)
             log(f"--overwrite: deleted {len(existing)} checkpoint(s) in {output_dir}")
     if is_main:
-        write_atomic(Path(output_dir) / "run.json", (json.dumps(run, indent=2, sort_keys=True) + "\n").encode())
+        write_json(Path(output_dir) / "run.json", run, sort_keys=True)
     return None
 
 
@@ -127,11 +137,6 @@ def initial_weights(init_checkpoint: str | None, do_lower_case: bool
     training output folder (its newest valid checkpoint is taken)."""
     if not init_checkpoint:
         return None, None, None, do_lower_case
-    import atexit
-    import tempfile
-
-    from bertkit.convert import read_any
-
     src = Path(init_checkpoint)
     if src.is_dir() and list_checkpoints(src):  # a training output folder: its newest checkpoint
         found = latest_checkpoint(src)
@@ -141,3 +146,56 @@ def initial_weights(init_checkpoint: str | None, do_lower_case: bool
     work = tempfile.mkdtemp(prefix="bertkit-init-")  # a zip unpacks here; its vocab is used all run
     atexit.register(shutil.rmtree, work, True)
     return read_any(src, work)
+
+
+def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int, desc: str) -> RunLog:
+    """The run's log (OUTPUT_DIR/log.jsonl unless --dllog_path), progress bar and TensorBoard."""
+    return RunLog(Path(dllog_path) if dllog_path else output_dir / "log.jsonl", d.is_main, total=total_steps,
+                  tensorboard_dir=output_dir / "tensorboard", desc=desc)
+
+
+def start_or_resume(model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                    ckpt: CheckpointManager, resume: bool, overwrite: bool, d: Dist, log: RunLog
+                    ) -> tuple[torch.optim.Optimizer, int, dict | None]:
+    """Apply the output folder's rules, then either start fresh or load the newest checkpoint of
+    this run into `model` and the optimizer: (optimizer, first step, grad-scaler state). The model
+    is on its device when the optimizer is made."""
+    resume_from = prepare_output_dir(ckpt.output_dir, ckpt.run, resume, overwrite, d.is_main, log=log.print)
+    start, optimizer_state, scaler_state = 0, None, None
+    if resume_from is not None:
+        start, optimizer_state, scaler_state = ckpt.load(resume_from, model)
+    model.to(d.device)
+    optimizer = make_optimizer(model)
+    if resume_from is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            raise BertkitError(f"{resume_from / OPTIMIZER}: does not fit this run's optimizer "
+                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        log.print(f"resumed from {resume_from} at step {start}")
+        log.advance(start)
+    return optimizer, start, scaler_state
+
+
+def write_results(path: Path, results: dict, d: Dist) -> None:
+    """A command's results: a JSON file in the output folder, and one JSON line on stdout."""
+    if d.is_main:
+        write_json(path, results)
+        print(json.dumps(results))
+
+
+def run_command(body: Callable[[StopFlag], int], output_dir: str | os.PathLike) -> int:
+    """Run a training command's `body(stop)` with SIGTERM caught from the start: a stop after the
+    checkpoint is saved returns 143, a failed write (disk full, read-only) is one line naming the
+    path, and the process group is left in every case."""
+    with StopFlag() as stop:
+        try:
+            return body(stop)
+        except Stopped as e:
+            if env_ranks()[0] == 0:
+                print(str(e), file=sys.stderr)
+            return 143
+        except OSError as e:  # a write that failed: the machine's fault, not the input's
+            raise BertkitError(os_error_message(e, output_dir)) from None
+        finally:
+            shutdown()

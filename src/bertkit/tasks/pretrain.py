@@ -12,20 +12,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bertkit import BertkitError
-from bertkit.checkpoint import load_training, load_weights
+from bertkit.checkpoint import CheckpointManager, load_weights
+from bertkit.config import VARIANTS, BertConfig, resolve
+from bertkit.data.bundled import vocab_path
+from bertkit.data.masking import word_starts
+from bertkit.data.pretraining import PretrainingDataset, collate
+from bertkit.distributed import Dist, init, parallelize
 from bertkit.flags import ArgumentParser, flag, parse_bool
-from bertkit.config import BertConfig, VARIANTS, resolve
-from bertkit.distributed import Dist, all_reduce, init, parallelize, shutdown
 from bertkit.model import BertForPreTraining
 from bertkit.optim import WarmupPolyDecay, make_optimizer
 from bertkit.stream import Stream
-from bertkit.tasks.common import add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
+from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
+                                  start_or_resume, write_results)
 from bertkit.tokenizer import load_vocab
-from bertkit.train import Checkpointer, LoopConfig, RunLog, StopFlag, Stopped, fit
+from bertkit.train import LoopConfig, StopFlag, fit, infer, log_evaluation
 
 
 def parser() -> ArgumentParser:
@@ -99,9 +104,7 @@ def main(argv: list[str]) -> int:
     return run(args)
 
 
-def _dataset(path: str, args, vocab: dict):
-    from bertkit.data.pretraining import PretrainingDataset
-
+def _dataset(path: str, args, vocab: dict) -> PretrainingDataset:
     return PretrainingDataset(path, args.max_seq_length, args.max_predictions_per_seq, len(vocab),
                               (vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], vocab["[PAD]"]),
                               seed=args.seed, masked_lm_prob=args.masked_lm_prob,
@@ -142,20 +145,7 @@ def validate(args) -> None:
 def run(args) -> int:
     validate(args)
     patterns = fp32_patterns(args.bf16_config_path, args.precision)
-    with StopFlag() as stop:
-        d = init(args.device)
-        try:
-            return _run(args, d, patterns, stop)
-        except Stopped as e:
-            if d.is_main:
-                print(str(e), file=sys.stderr)
-            return 143
-        except OSError as e:  # a write that failed (disk full, read-only): the machine's fault, not ours
-            from bertkit.io import os_error_message
-
-            raise BertkitError(os_error_message(e, args.output_dir)) from None
-        finally:
-            shutdown()
+    return run_command(lambda stop: _run(args, init(args.device), patterns, stop), args.output_dir)
 
 
 def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
@@ -193,25 +183,14 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
     if init_state is not None:
         load_weights(model, init_state, str(args.init_checkpoint))
 
-    log = RunLog(Path(args.dllog_path) if args.dllog_path else out / "log.jsonl", d.is_main,
-                 total=args.num_train_steps, tensorboard_dir=out / "tensorboard", desc="pretrain")
-    start_step, scaler_state = 0, None
-    optimizer = None
+    log = open_log(out, args.dllog_path, d, args.num_train_steps, "pretrain")
+    ckpt = CheckpointManager(out, config, vocab_file, lowercase, run_id, args.save_checkpoints_steps,
+                             args.keep_checkpoints)
+    start_step, scaler_state, optimizer = 0, None, None
     if args.do_train:
-        resume_from = prepare_output_dir(out, run_id, args.resume, args.overwrite, d.is_main, log=log.print)
-        if resume_from is not None:
-            _, state, opt_state, trainer = load_training(resume_from)
-            load_weights(model, state, str(resume_from))
-            start_step, scaler_state = trainer["step"], trainer.get("grad_scaler")
-        model.to(d.device)
-        optimizer = make_optimizer(args.optimizer, model, lr=args.learning_rate, weight_decay=args.weight_decay)
-        if resume_from is not None:
-            try:
-                optimizer.load_state_dict(opt_state)
-            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
-                raise BertkitError(f"{resume_from / 'optimizer.pt'}: does not fit this run's optimizer "
-                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-            log.print(f"resumed from {resume_from} at step {start_step}")
+        optimizer, start_step, scaler_state = start_or_resume(
+            model, lambda m: make_optimizer(args.optimizer, m, lr=args.learning_rate, weight_decay=args.weight_decay),
+            ckpt, args.resume, args.overwrite, d, log)
     ddp_model = parallelize(model, d, compile=args.compile)
     log.print(f"pretraining {config.num_hidden_layers}L/{config.hidden_size}H on {d.world_size} process(es), "
               f"{d.device.type}, {args.precision}; global batch {global_batch} = {args.train_batch_size} per "
@@ -224,19 +203,15 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
     result: dict = {}
     if args.do_train:
         train_data = _dataset(args.input_files_dir, args, vocab)
-        from bertkit.data.pretraining import collate
-
         stream = Stream(train_data, args.train_batch_size,
                         lambda s: drop_full_mask(collate(s, args.max_predictions_per_seq)), seed=args.seed,
                         rank=d.rank, world_size=d.world_size)
         loop = LoopConfig(total_steps=args.num_train_steps, lr=args.learning_rate,
                           schedule=WarmupPolyDecay(args.num_warmup_steps, args.num_train_steps, args.poly_power),
                           accumulation=args.num_accumulation_steps, precision=args.precision,
-                          save_every=args.save_checkpoints_steps, log_every=args.log_every, seed=args.seed,
-                          eval_every=args.eval_every,
+                          log_every=args.log_every, seed=args.seed, eval_every=args.eval_every,
                           sync_each_micro_step=not args.allreduce_post_accumulation,
                           skip_nonfinite=args.skip_nonfinite, fp32_modules=patterns)
-        ckpt = Checkpointer(out, config, vocab_file, lowercase, args.keep_checkpoints, run_id)
         result = fit(ddp_model, optimizer, pretraining_loss, stream, loop, d, log, ckpt, start_step, eval_fn,
                      scaler_state, stop)
         skipped = getattr(train_data, "corrupt_skipped", 0)
@@ -244,39 +219,30 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
             log.print(f"skipped {skipped} corrupt record(s) in {args.input_files_dir}")
             result["corrupt_records_skipped"] = skipped
     elif eval_fn is not None:
-        from bertkit.train import _evaluate
-
-        result = _evaluate(eval_fn, ddp_model, 0, log, args.precision, d.device)
+        result = log_evaluation(eval_fn, ddp_model, 0, log)
     log.close()
-    if d.is_main:
-        import json
-
-        from bertkit.io import write_atomic
-        write_atomic(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
-        print(json.dumps(result))
+    write_results(out / "results.json", result, d)
     return 0
 
 
 def evaluate(model, data, args, d: Dist) -> dict:
-    """Masked-LM accuracy and loss, next-sentence accuracy over the evaluation set (fixed masks),
-    summed over ranks so the result does not depend on their number."""
-    from bertkit.data.pretraining import collate
-    from bertkit.stream import to_device
-
+    """Masked-LM accuracy and loss, next-sentence accuracy over the first batches of the evaluation
+    set (fixed masks), through `infer`: the same numbers whatever the number of ranks."""
     data.set_epoch(0)
-    n = min(len(data), args.max_eval_steps * args.eval_batch_size)
-    sums = torch.zeros(5, dtype=torch.float64, device=d.device)  # mlm correct, mlm loss sum, mlm count, nsp correct, seqs
-    for start in range(d.rank * args.eval_batch_size, n, d.world_size * args.eval_batch_size):
-        b = to_device(collate([data[i] for i in range(start, min(start + args.eval_batch_size, n))],
-                              args.max_predictions_per_seq), d.device)
-        mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
-        w = b["masked_lm_weights"].flatten().double()
-        ce = F.cross_entropy(mlm.flatten(0, 1).float(), b["masked_lm_ids"].flatten(), reduction="none").double()
-        sums += torch.stack([((mlm.argmax(-1).flatten() == b["masked_lm_ids"].flatten()).double() * w).sum(),
-                             (ce * w).sum(), w.sum(),
-                             (nsp.argmax(-1) == b["next_sentence_labels"]).double().sum(),
-                             torch.tensor(float(len(nsp)), dtype=torch.float64, device=d.device)])
-    all_reduce(sums)
-    c, loss, count, nsp_c, seqs = sums.tolist()
-    return {"mlm_accuracy": c / max(count, 1), "mlm_loss": loss / max(count, 1),
-            "nsp_accuracy": nsp_c / max(seqs, 1), "sequences": int(seqs)}
+    items = [data[i] for i in range(min(len(data), args.max_eval_steps * args.eval_batch_size))]
+    rows = infer(model, items, lambda s: collate(s, args.max_predictions_per_seq), evaluation_rows,
+                 args.eval_batch_size, d, args.precision, length=lambda item: len(item["input_ids"]))
+    correct, loss, count, nsp_correct = np.sum(rows, axis=0) if rows else np.zeros(4)
+    return {"mlm_accuracy": correct / max(count, 1), "mlm_loss": loss / max(count, 1),
+            "nsp_accuracy": nsp_correct / max(len(rows), 1), "sequences": len(rows)}
+
+
+def evaluation_rows(model, b: dict) -> list[np.ndarray]:
+    """Per sequence: (masked-LM hits, masked-LM loss sum, masked positions, next-sentence hit), float64."""
+    mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])  # (B,P,V), (B,2)
+    w = b["masked_lm_weights"].double()  # (B, P)
+    ce = F.cross_entropy(mlm.flatten(0, 1).float(), b["masked_lm_ids"].flatten(), reduction="none")  # (B*P,)
+    hits = (mlm.argmax(-1) == b["masked_lm_ids"]).double() * w  # (B, P)
+    rows = torch.stack([hits.sum(1), (ce.double().view_as(w) * w).sum(1), w.sum(1),
+                        (nsp.argmax(-1) == b["next_sentence_labels"]).double()], dim=1)  # (B, 4)
+    return list(rows.cpu().numpy())

@@ -29,6 +29,7 @@ from bertkit.io import write_atomic, write_json
 from bertkit.model import BertForSequenceClassification
 from bertkit.tasks.finetune import mrpc_data as mrpc
 from bertkit.tasks.finetune import runner as ft
+from bertkit.train import infer
 
 
 def parser() -> ArgumentParser:
@@ -102,8 +103,8 @@ def run(args) -> int:
     labels = np.array([ex.label for ex in examples["dev"]]) if args.do_eval else None
 
     def dev_scores(net) -> tuple[np.ndarray, dict]:
-        logits = np.stack(ft.infer(net, features["dev"], collate, logit_rows, args.eval_batch_size, d,
-                                   args.precision))  # (N, 2)
+        logits = np.stack(infer(net, features["dev"], collate, logit_rows, args.eval_batch_size, d,
+                                args.precision))  # (N, 2)
         return logits, scores(logits, labels)
 
     net = model
@@ -124,8 +125,8 @@ def run(args) -> int:
             write_eval_predictions(out / "eval_predictions.tsv", examples["dev"], logits)
             write_json(out / "eval_results.json", results)
     if args.do_predict:
-        logits = np.stack(ft.infer(net, features["test"], collate, logit_rows, args.eval_batch_size, d,
-                                   args.precision))
+        logits = np.stack(infer(net, features["test"], collate, logit_rows, args.eval_batch_size, d,
+                                args.precision))
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
             mrpc.write_predictions(out / "MRPC.tsv", examples["test"], logits.argmax(-1).tolist())

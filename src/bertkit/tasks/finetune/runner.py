@@ -11,21 +11,23 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from bertkit import BertkitError
-from bertkit.checkpoint import load_training, load_weights
+from bertkit.checkpoint import CheckpointManager, load_weights
 from bertkit.config import VARIANTS, BertConfig, resolve
-from bertkit.distributed import Dist, all_gather_objects, env_ranks, init, parallelize, shutdown
+from bertkit.data.bundled import vocab_path
+from bertkit.distributed import Dist, init, parallelize
 from bertkit.flags import flag, parse_bool
 from bertkit.optim import WarmupPolyDecay, make_finetune_optimizer
-from bertkit.stream import Stream, to_device
-from bertkit.tasks.common import add_run_flags, fp32_patterns, initial_weights, prepare_output_dir
+from bertkit.ranks import env_ranks
+from bertkit.stream import Stream
+from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
+                                  start_or_resume)
 from bertkit.tasks.finetune.batching import length_grouped_order
 from bertkit.tasks.finetune.recipes import GOOGLE, SMALL_MODEL_PARAMS, choose_recipe
 from bertkit.tokenizer import WordPiece
-from bertkit.train import Checkpointer, LoopConfig, RunLog, StopFlag, Stopped, autocast, fit
+from bertkit.train import LoopConfig, StopFlag, fit
 
 
 def add_flags(p, task: str, max_seq_length: int) -> None:
@@ -180,20 +182,12 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
         raise BertkitError(f"{num_examples} training examples at a global batch of {global_batch} for "
                            f"{args.num_train_epochs:g} epochs make no training step")
     warmup = int(steps * args.warmup_proportion)
-    log = RunLog(Path(args.dllog_path) if args.dllog_path else out / "log.jsonl", d.is_main, total=steps,
-                 tensorboard_dir=out / "tensorboard", desc=f"finetune {run['task']}")
-    resume_from = prepare_output_dir(out, run, args.resume, args.overwrite, d.is_main, log=log.print)
-    start, scaler_state, opt_state = 0, None, None
-    if resume_from is not None:
-        _, state, opt_state, trainer = load_training(resume_from)
-        load_weights(model, state, str(resume_from))
-        start, scaler_state = trainer["step"], trainer.get("grad_scaler")
-        log.print(f"resumed from {resume_from} at step {start}")
-        log.advance(start)
-    model.to(d.device)
-    optimizer = make_finetune_optimizer(model, args.learning_rate, args.weight_decay, args.layerwise_lr_decay)
-    if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
+    log = open_log(out, args.dllog_path, d, steps, f"finetune {run['task']}")
+    ckpt = CheckpointManager(out, s.config, s.vocab_file, s.lowercase, run, args.save_checkpoints_steps,
+                             args.keep_checkpoints)
+    optimizer, start, scaler_state = start_or_resume(
+        model, lambda m: make_finetune_optimizer(m, args.learning_rate, args.weight_decay, args.layerwise_lr_decay),
+        ckpt, args.resume, args.overwrite, d, log)
     net = parallelize(model, d, compile=args.compile)
 
     order = None
@@ -205,10 +199,8 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
     loop = LoopConfig(total_steps=steps, lr=args.learning_rate,
                       schedule=WarmupPolyDecay(warmup, steps, power=1.0, continuous=True),
                       precision=args.precision, max_grad_norm=args.max_grad_norm or None,
-                      save_every=args.save_checkpoints_steps, log_every=args.log_every, seed=args.seed,
-                      eval_every=eval_every, skip_nonfinite=args.skip_nonfinite,
+                      log_every=args.log_every, seed=args.seed, eval_every=eval_every, skip_nonfinite=args.skip_nonfinite,
                       fp32_modules=fp32_patterns(args.bf16_config_path, args.precision))
-    ckpt = Checkpointer(out, s.config, s.vocab_file, s.lowercase, args.keep_checkpoints, run)
     log.print(f"fine-tuning {s.config.num_hidden_layers}L/{s.config.hidden_size}H on {num_examples} examples "
               f"({len(features)} sequences), {steps} steps ({warmup} warmup) of global batch {global_batch} "
               f"= {args.train_batch_size} x {d.world_size} process(es); lr {args.learning_rate:g}, "
@@ -222,36 +214,11 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
                  "resumed_from_step": start, "global_batch": global_batch, **{f"last_{k}": v for k, v in last.items()}}
 
 
-def infer(model: nn.Module, features: Sequence, collate: Callable,
-          forward: Callable[[nn.Module, dict], list], batch_size: int, d: Dist, precision: str) -> list:
-    """`forward(model, batch)` (one output per sequence) over every feature, in feature order, on
-    all ranks together. The batches are fixed before they are dealt to the ranks (sequences sorted
-    by length, then cut), so each sequence meets the same batch whatever the number of processes,
-    and the outputs are identical bit for bit."""
-    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    mine = {}
-    net.eval()
-    with torch.no_grad(), autocast(precision, d.device):
-        for b in batches[d.rank::d.world_size]:
-            batch = to_device(collate([features[i] for i in b]), d.device)
-            mine.update(zip(b, forward(net, batch)))
-    merged: dict = {}
-    for part in all_gather_objects(mine):
-        merged.update(part)
-    return [merged[i] for i in range(len(features))]
-
-
 def run_main(args, body: Callable) -> int:
-    """Enter SIGTERM handling, call `body(args)`, leave the process group; a stop by SIGTERM after
-    the checkpoint is saved returns 143."""
-    with StopFlag() as stop:
+    """`body(args)` as a training command (see `run_command`), with `args.stop` the SIGTERM flag."""
+
+    def with_stop(stop: StopFlag) -> int:
         args.stop = stop
-        try:
-            return body(args)
-        except Stopped as e:
-            print(str(e), file=sys.stderr)
-            return 143
-        finally:
-            shutdown()
+        return body(args)
+
+    return run_command(with_stop, args.output_dir)

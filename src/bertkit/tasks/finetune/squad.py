@@ -33,6 +33,7 @@ from bertkit.tasks.finetune import runner as ft
 from bertkit.tasks.finetune import squad_data as squad
 from bertkit.tasks.finetune.squad_metric import evaluate
 from bertkit.tasks.finetune.squad_predict import postprocess, write_predictions
+from bertkit.train import infer
 
 
 def parser() -> ArgumentParser:
@@ -142,7 +143,7 @@ def run(args) -> int:
     if args.do_predict:
         report_cut_questions(predict_examples, s.tokenizer, args.max_query_length, args.predict_file)
         features = squad.make_features(predict_examples, s.tokenizer, is_training=False, **windows)
-        rows = ft.infer(net, features, collate, span_rows, args.eval_batch_size, d, args.precision)
+        rows = infer(net, features, collate, span_rows, args.eval_batch_size, d, args.precision)
         if d.is_main:
             predictions, nbest, null_odds = postprocess(
                 predict_examples, features, [r[0] for r in rows], [r[1] for r in rows],
