@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bertkit import BertkitError
+from bertkit.model import Layer
 from bertkit.ranks import env_ranks
 
 
@@ -88,14 +89,28 @@ def cpu_has_fast_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def init(device: str = "auto", timeout_s: float | None = None) -> Dist:
+def set_tf32(enabled: bool) -> None:
+    """fp32 matrix products on CUDA in TF32 (10-bit mantissa inputs, fp32 accumulation: the tensor
+    cores' fp32 mode, what users of other frameworks expect on a GPU) or in full IEEE fp32. CPUs are
+    not affected. torch >= 2.9 refuses a mix of its old and new TF32 switches, so only one is used."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+
+
+def init(device: str = "auto", timeout_s: float | None = None, tf32: bool = True) -> Dist:
     """Join the process group when started by a launcher (NCCL on GPUs, gloo otherwise). Collectives
-    fail after `timeout_s` seconds (default: `dist_timeout()`)."""
+    fail after `timeout_s` seconds (default: `dist_timeout()`). On CUDA, fp32 matrix products use
+    TF32 unless `tf32` is False (`set_tf32`)."""
     timeout_s = dist_timeout() if timeout_s is None else timeout_s
     rank, world, local, launcher = env_ranks()
     dev = pick_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+        set_tf32(tf32)
     if world > 1 and not dist.is_initialized():
         if launcher != "torchrun":  # torchrun sets these; other launchers need them from the user
             os.environ.setdefault("MASTER_ADDR", os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
@@ -114,10 +129,20 @@ def shutdown() -> None:
 
 
 def parallelize(model: nn.Module, d: Dist, compile: bool = False) -> nn.Module:
-    """Apply, in this order, compilation and data parallelism. The model itself knows one device."""
+    """Apply, in this order, compilation and data parallelism. The model itself knows one device.
+
+    Compilation is per Transformer layer, in place (torchtitan's order: compile the blocks, then
+    wrap for data parallelism). Each layer's backward is then its own autograd node, so a layer's
+    gradients are ready, and DDP's buckets start their all-reduce, while earlier layers still run
+    their backward. One compiled graph for the whole model would hand every gradient over at the end
+    of the backward pass, leaving nothing to overlap. In place (`Module.compile`), the parameter
+    names, and so checkpoints, stay those of the plain model. The 24 layers of BERT-large share one
+    compiled code, so this also compiles faster than the whole model."""
     model.to(d.device)
     if compile:
-        model = torch.compile(model)
+        layers = [m for m in model.modules() if isinstance(m, Layer)]
+        for m in layers or [model]:
+            m.compile()
     if d.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
