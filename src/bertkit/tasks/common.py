@@ -40,7 +40,11 @@ def add_run_flags(p) -> None:
         "(fnmatch patterns of module names). Habana's op-list format is refused with an explanation."))
     flag(p, "device", default="auto", help="auto (this process's GPU if any, else CPU), cpu, cuda, cuda:N, or any torch device.")
     flag(p, "seed", type=int, default=12345, help="Base seed; each rank and step derive theirs from it.")
-    flag(p, "compile", type=parse_bool, default=False, help="Compile the model with torch.compile.")
+    flag(p, "compile", type=parse_bool, default=False, help=(
+        "Compile each Transformer layer with torch.compile. Off by default: not yet measured to pay on "
+        "a GPU (benchmarks/gpu_check.sh measures it); on a CPU it compiles for minutes and then runs slower."))
+    flag(p, "tf32", type=parse_bool, default=True, help=(
+        "On CUDA, run fp32 matrix products in TF32 (default; --tf32 false for full fp32). No effect on CPUs."))
     flag(p, "resume", type=parse_bool, default=True, help=(
         "Continue from the newest valid checkpoint in --output_dir when it holds this same run (default). "
         "--noresume starts over only with --overwrite."))
@@ -113,7 +117,7 @@ def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: boo
 
 # Settings that may change between a run and its resumption.
 VOLATILE = {"num_train_steps", "save_checkpoints_steps", "log_every", "keep_checkpoints", "dllog_path",
-            "do_eval", "eval_files_dir", "eval_batch_size", "max_eval_steps", "compile", "device"}
+            "do_eval", "eval_files_dir", "eval_batch_size", "max_eval_steps", "compile", "device", "tf32"}
 
 
 def _saved_run(output_dir: Path) -> dict | None:

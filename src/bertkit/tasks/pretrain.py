@@ -145,7 +145,7 @@ def validate(args) -> None:
 def run(args) -> int:
     validate(args)
     patterns = fp32_patterns(args.bf16_config_path, args.precision)
-    return run_command(lambda stop: _run(args, init(args.device), patterns, stop), args.output_dir)
+    return run_command(lambda stop: _run(args, init(args.device, tf32=args.tf32), patterns, stop), args.output_dir)
 
 
 def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:

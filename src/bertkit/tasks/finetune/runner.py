@@ -136,7 +136,7 @@ def setup(args, task: str, log=say) -> Setup:
     if state is None:
         log("warning: no --init_checkpoint: fine-tuning starts from random weights")
     choose_recipe(args, task, config, log)
-    d = init(args.device)
+    d = init(args.device, tf32=args.tf32)
     return Setup(d, config, state, vocab_file, lowercase, tokenizer)
 
 
