@@ -5,7 +5,9 @@ the one evaluation path (`infer`).
 Everything a resume needs is a function of the step: the learning rate comes from the schedule,
 the data position from the step (see stream.py), and the dropout generator is re-seeded from
 (seed, global micro-batch) before every micro-step. So a checkpoint holds the weights, the
-optimizer state and the step, and a resumed run is bit-identical to an uninterrupted one.
+optimizer state and the step, and on a CPU a resumed run is bit-identical to an uninterrupted
+one. On CUDA it is equal to rounding: some kernels there (scatter-add in backward passes, some
+attention backward kernels) add in a varying order; benchmarks/gpu_check.py measures the difference.
 """
 
 from __future__ import annotations
