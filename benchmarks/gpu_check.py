@@ -1,165 +1,133 @@
-"""One script for a CUDA machine: is bf16 training right, and how fast is it? Writes a JSON report.
+"""Is bertkit right on this GPU, and how fast is it? One call, a time budget, a JSON report.
 
-1. BERT-large, 5 LAMB steps from the same weights on the same batch in fp32 and in bf16 autocast:
-   the losses agree within 2% at every step, and the bf16 weights stay within 1% (relative L2) of fp32.
-2. BERT-large pretraining throughput on one GPU, phase 1 (seq 128, 20 masked) and phase 2 (seq 512,
-   80 masked), bf16, eager and torch.compile: sequences/s and MFU against 989 TFLOP/s (H100 SXM dense
-   bf16; pass --peak_tflops for another card).
-3. SQuAD fine-tuning throughput (BertForQuestionAnswering, seq 384), sequences/s.
+Checks (each can fail; tolerances in gpu_checks.py):
+  fixture         the TensorFlow-written fixture's outputs against transformers' reference outputs
+  cpu_vs_device   BERT-large, batch 2: fp32 loss and gradients on the CPU and on the device
+  bf16_grads      bf16 autocast gradients against fp32 on the device (cosine per tensor)
+  lamb_step       one LAMB step from the same gradients on the CPU and on the device (the updates)
+  padding         a padded batch against each sequence run alone
+  attention       which attention kernel ran (profiler names), unpadded and padded
+  resume          a checkpoint saved from the device, loaded, next step equal to the uninterrupted one
+Measurements (bf16 on a GPU; a tiny model in fp32 on a CPU, where compilation is skipped):
+  matmul          a bf16 8192^3 matrix product: the ceiling this card reaches in this call
+  phase1_*/phase2_*  BERT-large pretraining steps (seq 128, 20 predictions; seq 512, 80), bertkit
+                  against transformers' BertForPreTraining alternated, eager then torch.compile
 
-    python benchmarks/gpu_check.py --json gpu_report.json          # about 5-8 minutes on an H100
+Run from the repository root, after `bash benchmarks/gpu_carry.sh` (benchmarks/README.md):
 
-FLOPs per sequence: see benchmarks/pretrain_throughput.py (3x the forward FLOPs of the useful work).
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out "$OUT"            # a GPU, about 8 minutes
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --device cpu --out /tmp/x  # tiny, about a minute
+
+Before each part the time left is checked; a part that no longer fits is recorded as skipped. The
+report ($OUT/gpu_report.json) is rewritten after every part; the exit status is 1 when a check
+failed or a part broke, 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
+import os
+import platform
+import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from bertkit.config import variant
-from bertkit.model import BertForPreTraining, BertForQuestionAnswering
-from bertkit.optim import make_optimizer
-from bertkit.tasks.pretrain import pretraining_loss
+from bertkit.config import resolve
 
+import gpu_checks as checks
+import gpu_speed as speed
+from gpu_report import CARRY_DIR, Budget, Part, Report, failed, missing_carry, run_parts, table
 
-def flops_per_seq(cfg, T: int, P: int) -> float:
-    """The conventional count (every layer at every position), the one published GPU figures use;
-    bertkit's last layer does less, so its MFU here is what a full model would need to match."""
-    L, H, I, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    return 3 * (L * (2 * T * (4 * H * H + 2 * H * I) + 4 * T * T * H) + 2 * P * (H * H + H * V) + 2 * H * H + 4 * H)
+REPO = Path(__file__).resolve().parents[1]
 
 
-def pretrain_batch(B: int, T: int, P: int, V: int, device, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(999, V, (B, T), generator=g)
-    pos = torch.stack([torch.randperm(T - 2, generator=g)[:P].sort().values + 1 for _ in range(B)])
-    labels = ids.gather(1, pos)
-    ids.scatter_(1, pos, 103)
-    types = torch.zeros(B, T, dtype=torch.long)
-    types[:, T // 2:] = 1
-    b = dict(input_ids=ids, segment_ids=types, input_mask=None, masked_lm_positions=pos, masked_lm_ids=labels,
-             masked_lm_weights=torch.ones(B, P), next_sentence_labels=torch.randint(0, 2, (B,), generator=g))
-    return {k: v.to(device) if v is not None else None for k, v in b.items()}
-
-
-def agreement(device, steps: int = 5) -> dict:
-    cfg = variant("large")
-    torch.manual_seed(0)
-    init = BertForPreTraining(cfg).state_dict()
-    b = pretrain_batch(16, 128, 20, cfg.vocab_size, device)
-    runs = {}
-    for precision in ("fp32", "bf16"):
-        model = BertForPreTraining(cfg).to(device)
-        model.load_state_dict(init)
-        model.eval()  # no dropout: the two runs see the same function
-        opt = make_optimizer("lamb", model, lr=1e-4)
-        losses = []
-        for _ in range(steps):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss, _ = pretraining_loss(model, b)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        runs[precision] = (losses, {k: v.detach().float() for k, v in model.state_dict().items()})
-        del model, opt
-        torch.cuda.empty_cache()
-    (l32, w32), (l16, w16) = runs["fp32"], runs["bf16"]
-    loss_rel = max(abs(a - b) / abs(a) for a, b in zip(l32, l16))
-    num = sum(((w32[k] - w16[k]) ** 2).sum() for k in w32) ** 0.5
-    den = sum((w32[k] ** 2).sum() for k in w32) ** 0.5
-    weight_rel = float(num / den)
-    return {"fp32_losses": l32, "bf16_losses": l16, "max_loss_rel_diff": loss_rel, "weight_rel_l2": weight_rel,
-            "ok": loss_rel < 0.02 and weight_rel < 0.01}
-
-
-def throughput(model, step, batch_size: int, warmup: int = 3, iters: int = 10) -> float:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    torch.cuda.synchronize()
-    return batch_size * iters / (time.perf_counter() - t)
-
-
-def pretrain_speed(device, T: int, P: int, B: int, compile: bool, peak: float) -> dict:
-    cfg = variant("large")
-    model = BertForPreTraining(cfg).to(device).train()
-    opt = make_optimizer("lamb", model, lr=1e-4)
-    run = torch.compile(model) if compile else model
-    b = pretrain_batch(B, T, P, cfg.vocab_size, device)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = pretraining_loss(run, b)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    sps = throughput(model, step, B)
-    out = {"seq": T, "batch": B, "compile": compile, "seq_per_s": round(sps, 1),
-           "mfu": round(sps * flops_per_seq(cfg, T, P) / peak, 4),
-           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
-    del model, opt, run
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    return out
-
-
-def squad_speed(device, B: int = 32, T: int = 384) -> dict:
-    cfg = variant("large")
-    model = BertForQuestionAnswering(cfg).to(device).train()
-    opt = make_optimizer("adamw", model, lr=3e-5)
-    ids = torch.randint(999, cfg.vocab_size, (B, T), device=device)
-    starts, ends = torch.randint(0, T, (B,), device=device), torch.randint(0, T, (B,), device=device)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            s, e = model(ids)
-            loss = (F.cross_entropy(s.float(), starts) + F.cross_entropy(e.float(), ends)) / 2
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return {"seq": T, "batch": B, "seq_per_s": round(throughput(model, step, B), 1)}
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", default="gpu_report.json")
-    p.add_argument("--peak_tflops", type=float, default=989.0, help="Dense bf16 peak of the card (H100 SXM: 989).")
-    p.add_argument("--skip_compile", action="store_true")
-    args = p.parse_args()
-    assert torch.cuda.is_available(), "needs a CUDA device"
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in the agreement check
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    t0 = time.time()
-    report["agreement"] = agreement(device)
-    print("agreement", json.dumps(report["agreement"]), flush=True)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    peak = args.peak_tflops * 1e12
-    report["pretrain"] = []
-    for T, P, B in ((128, 20, 256), (512, 80, 32)):
-        for compile in ((False,) if args.skip_compile else (False, True)):
-            r = pretrain_speed(device, T, P, B, compile, peak)
-            report["pretrain"].append(r)
-            print("pretrain", json.dumps(r), flush=True)
-    report["squad"] = squad_speed(device)
-    print("squad", json.dumps(report["squad"]), flush=True)
-    report["seconds"] = round(time.time() - t0, 1)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.json} in {report['seconds']} s")
+    p.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), cuda, cuda:N or cpu.")
+    p.add_argument("--model", default=None, help="Variant or bert_config.json of the checks and measurements "
+                   "(default: large on a GPU, tiny on a CPU).")
+    p.add_argument("--resume_model", default=None, help="Model of the checkpoint check, which writes and reads "
+                   "its files (default: base on a GPU, tiny on a CPU).")
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="Folder of gpu_report.json (default: $OUT).")
+    p.add_argument("--budget_s", type=float, default=480.0, help="Seconds for everything; parts that no longer fit are skipped.")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="Measure torch.compile too: auto = on a GPU only (on this project's CPU a compile takes minutes).")
+    p.add_argument("--peer", choices=("auto", "off"), default="auto", help="Measure transformers alongside (auto: when installed).")
+    p.add_argument("--phase1_batch", type=int, default=None, help="Default 64 on a GPU, 8 on a CPU.")
+    p.add_argument("--phase2_batch", type=int, default=None, help="Default 32 on a GPU, 2 on a CPU.")
+    p.add_argument("--repeats", type=int, default=None, help="Timed repeats per side (default 5 on a GPU, 2 on a CPU).")
+    p.add_argument("--steps", type=int, default=None, help="Steps per timed repeat (default 5 on a GPU, 1 on a CPU).")
+    p.add_argument("--peak_tflops", type=float, default=989.0,
+                   help="Datasheet dense bf16 peak of the card, for MFU (H100 and H200 SXM: 989).")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget_s)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    cfg = resolve(args.model or ("large" if gpu else "tiny"))
+    resume_cfg = resolve(args.resume_model or ("base" if gpu else "tiny"))
+    meta = {"device": torch.cuda.get_device_name(device) if gpu else platform.processor() or "cpu",
+            "torch": torch.__version__, "python": platform.python_version(), "budget_s": args.budget_s,
+            "model": f"{cfg.num_hidden_layers}L/{cfg.hidden_size}H", "argv": sys.argv[1:]}
+    report = Report(Path(args.out) / "gpu_report.json", meta)
+    print(f"gpu_check on {meta['device']}, torch {meta['torch']}; report: {report.path}", flush=True)
+
+    missing = missing_carry(REPO)
+    setup = checks.Setup(device=device, config=cfg, resume_config=resume_cfg)
+    big = gpu and cfg.num_hidden_layers >= 12  # estimates below are for BERT-large on an H100/H200
+    # The fixture check needs the carried files; the rest does not.
+    no_carry = f"run benchmarks/gpu_carry.sh first: {CARRY_DIR}/{missing[0]} is missing" if missing else None
+    parts = [
+        Part("fixture", lambda: checks.fixture_outputs(setup), 15, skip=no_carry),
+        Part("cpu_vs_device", lambda: checks.cpu_vs_device_fp32(setup), 60 if big else 10),
+        Part("bf16_grads", lambda: checks.bf16_vs_fp32_grads(setup), 15 if big else 5),
+        Part("lamb_step", lambda: checks.lamb_step(setup), 30 if big else 5),
+        Part("padding", lambda: checks.padding(setup), 10 if big else 5),
+        Part("attention", lambda: checks.attention_kernels(setup), 20 if big else 5),
+        Part("resume", lambda: checks.resume(setup), 40 if big else 10),
+    ]
+    parts.append(Part("matmul", lambda: speed.matmul_tflops(device, 8192 if gpu else 1024), 15 if gpu else 5))
+    peer_why = "--peer off" if args.peer == "off" else speed.peer_missing()
+    compile_on = args.compile == "on" or (args.compile == "auto" and gpu)
+    steps = dict(warmup=3 if gpu else 1, repeats=args.repeats or (5 if gpu else 2), steps=args.steps or (5 if gpu else 1))
+    shapes = (("phase1", 128, 20, args.phase1_batch or (64 if gpu else 8)),
+              ("phase2", 512, 80, args.phase2_batch or (32 if gpu else 2)))
+    for name, T, P, B in shapes:  # phase 1 first, eager then compiled: the goal is phase 1's speed
+        for compiled in (False, True):
+            label = f"{name}_{'compile' if compiled else 'eager'}"
+            skip = "compile measured on a GPU only (--compile on forces it)" if compiled and not compile_on else None
+            parts.append(Part(label, _speed_part(device, cfg, T, P, B, compiled, peer_why, args, report, steps),
+                              (150 if compiled else 45) if big else (20 if T == 128 else 30), skip=skip))
+    run_parts(parts, budget, report, log=lambda line: print(line, flush=True), after=_free)
+    report.data["meta"]["seconds"] = round(budget.elapsed(), 1)
+    report.write()
+    print("\n" + table(report.data), flush=True)
+    bad = failed(report.data)
+    print(f"\n{len(bad)} part(s) failed{': ' + ', '.join(bad) if bad else ''}; report: {report.path}", flush=True)
+    return 1 if bad else 0
+
+
+def _speed_part(device, cfg, T, P, B, compiled, peer_why, args, report, steps):
+    def run() -> dict:
+        matmul = report.data["parts"].get("matmul", {}).get("tflops")
+        peak = args.peak_tflops if device.type == "cuda" else None
+        out = speed.pretrain_speed(device, cfg, T, P, B, compiled, peer_why is None, peak, matmul, **steps)
+        if peer_why:
+            out["peer_skipped"] = peer_why
+        return out
+    return run
+
+
+def _free() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
