@@ -69,3 +69,21 @@ def test_one_graph_for_the_whole_model_would_hold_every_gradient_to_the_end():
     model = torch.compile(BertForPreTraining(TINY).eval(), backend="aot_eager")
     events = gradient_order(model)
     assert events.index("embeddings") < events.index("last layer"), events
+
+
+def test_tf32_is_on_by_default_and_the_flag_turns_it_off():
+    from bertkit.distributed import set_tf32
+    from bertkit.tasks.pretrain import parser
+
+    base = ["--input_files_dir", "x", "--output_dir", "y"]
+    assert parser().parse_args(base).tf32 is True
+    assert parser().parse_args(base + ["--tf32", "false"]).tf32 is False
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        set_tf32(True)
+        assert matmul.fp32_precision == "tf32"  # read without a GPU: it is only a setting
+        set_tf32(False)
+        assert matmul.fp32_precision == "ieee"
+    finally:
+        matmul.fp32_precision = before

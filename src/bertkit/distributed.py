@@ -93,12 +93,11 @@ def set_tf32(enabled: bool) -> None:
     """fp32 matrix products on CUDA in TF32 (10-bit mantissa inputs, fp32 accumulation: the tensor
     cores' fp32 mode, what users of other frameworks expect on a GPU) or in full IEEE fp32. CPUs are
     not affected. torch >= 2.9 refuses a mix of its old and new TF32 switches, so only one is used."""
-    matmul = torch.backends.cuda.matmul
+    matmul = torch.backends.cuda.matmul  # BERT has no convolutions: cuDNN's switch is left alone
     if hasattr(matmul, "fp32_precision"):
         matmul.fp32_precision = "tf32" if enabled else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
     else:
-        matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+        matmul.allow_tf32 = enabled
 
 
 def init(device: str = "auto", timeout_s: float | None = None, tf32: bool = True) -> Dist:
