@@ -15,6 +15,11 @@ from typing import Iterator
 
 from bertkit import BertkitError
 
+try:  # a dependency of bertkit, but absent from some GPU images; only CRC checks need it
+    import google_crc32c
+except ImportError:
+    google_crc32c = None
+
 # A write that fails for want of space: the disk is full, or the user's quota is spent.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -134,6 +139,14 @@ def file_chunks(path: str | os.PathLike, size: int = 1 << 22) -> Iterator[bytes]
     with open(path, "rb") as f:
         while chunk := f.read(size):
             yield chunk
+
+
+def crc32c(data: bytes | memoryview, crc: int = 0) -> int:
+    """CRC-32C of `data`, continuing `crc` (TFRecords, TensorFlow checkpoints and bertkit shards)."""
+    if google_crc32c is None:
+        raise BertkitError("TFRecords, TensorFlow checkpoints and dataset shards need google-crc32c for their "
+                           "checksums (pip install google-crc32c); bertkit model folders do not")
+    return google_crc32c.extend(crc, bytes(data))
 
 
 def file_digest(path: str | os.PathLike, name: str = "sha256") -> str:

@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bertkit import BertkitError
+from bertkit.io import crc32c
 from bertkit.protowire import ProtoError, fields, read_varint
-
-try:  # a dependency of bertkit, but absent from some GPU images; only CRC checks need it
-    import google_crc32c
-except ImportError:
-    google_crc32c = None
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the 8-byte magic
@@ -35,10 +31,7 @@ DT_BFLOAT16 = 14
 
 def masked_crc32c(data: bytes | memoryview) -> int:
     """The CRC that TensorFlow stores: crc32c rotated right by 15 bits plus a constant."""
-    if google_crc32c is None:
-        raise BertkitError("reading TensorFlow checkpoints or TFRecords needs google-crc32c "
-                           "(pip install google-crc32c); bertkit folders and safetensors do not")
-    c = google_crc32c.value(bytes(data))
+    c = crc32c(data)
     return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 

@@ -23,11 +23,10 @@ import os
 import struct
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 
 from bertkit import BertkitError
-from bertkit.io import file_chunks, write_atomic
+from bertkit.io import crc32c, file_chunks, write_atomic
 
 MAGIC = b"BKSHARD\x01"
 # The arrays of a shard and the types each may have.
@@ -142,19 +141,19 @@ def file_digests(path: str | os.PathLike) -> tuple[str, int]:
     sha, crc = hashlib.sha256(), 0
     for chunk in file_chunks(path):
         sha.update(chunk)
-        crc = google_crc32c.extend(crc, chunk)
+        crc = crc32c(chunk, crc)
     return sha.hexdigest(), crc
 
 
 def file_crc32c(path: str | os.PathLike) -> int:
     crc = 0
     for chunk in file_chunks(path):
-        crc = google_crc32c.extend(crc, chunk)
+        crc = crc32c(chunk, crc)
     return crc
 
 
 def bytes_digests(data: bytes) -> tuple[str, int]:
-    return hashlib.sha256(data).hexdigest(), google_crc32c.value(data)
+    return hashlib.sha256(data).hexdigest(), crc32c(data)
 
 
 # ---- manifest -----------------------------------------------------------------------------------
