@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from bertkit import BertkitError
-from bertkit.checkpoint import OPTIMIZER, CheckpointManager, list_checkpoints, load_training
+from bertkit.checkpoint import OPTIMIZER, list_checkpoints, load_training
 from bertkit.distributed import Dist
 from bertkit.model import BertForPreTraining
 from bertkit.optim import WarmupPolyDecay, make_optimizer
 from bertkit.stream import Stream
 from bertkit.tasks.pretrain import pretraining_loss
 from bertkit.runlog import RunLog
-from bertkit.train import LoopConfig, fit, keep_fp32
+from bertkit.train import CheckpointManager, LoopConfig, fit, keep_fp32
 from conftest import VOCAB
 from synthetic import CONFIG, Instances, collate
 

@@ -4,7 +4,7 @@
 The folder is written under a temporary name and renamed, and every file is checked against
 `bertkit.json` on load, so a crash or a flipped byte never passes for a model. Loading never
 unpickles anything. A training checkpoint (`ckpt-<step>`) adds the optimizer state and the loop
-position; `CheckpointManager` saves them on the run's cadence and loads them back.
+position (saved on the run's cadence by train.CheckpointManager).
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertkit import BertkitError
 from bertkit.config import BertConfig
-from bertkit.distributed import Dist, barrier, unwrap
 from bertkit.io import atomic_path, file_digest
 
 WEIGHTS = "model.safetensors"
@@ -246,38 +243,3 @@ def latest_checkpoint(output_dir: str | os.PathLike, log=print) -> Path | None:
         except BertkitError as e:
             log(f"warning: skipping damaged checkpoint: {e}")
     return None
-
-
-@dataclass
-class CheckpointManager:
-    """A run's training checkpoints: saved every `every` steps (0: only at the end) and when asked,
-    the newest `keep` kept (0 keeps all), loaded back for a resume. Rank 0 writes; all ranks wait."""
-
-    output_dir: Path
-    config: BertConfig
-    vocab_file: Path
-    lowercase: bool = True
-    run: dict = field(default_factory=dict)  # the run's identity, stored with each checkpoint
-    every: int = 0
-    keep: int = 3
-
-    def due(self, step: int, total_steps: int) -> bool:
-        """A checkpoint is due at every `every`-th step before the last (the last is always saved)."""
-        return bool(self.every) and step % self.every == 0 and step < total_steps
-
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler_state: dict | None,
-             d: Dist) -> Path | None:
-        folder = None
-        if d.is_main:
-            state = {k: v.float() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
-            trainer = {"run": self.run, "grad_scaler": scaler_state}
-            folder = save_training(self.output_dir, step, self.config, state, self.vocab_file,
-                                   self.lowercase, optimizer.state_dict(), trainer, self.keep)
-        barrier()
-        return folder
-
-    def load(self, folder: Path, model: nn.Module) -> tuple[int, dict, dict | None]:
-        """Load a checkpoint's weights into `model`: (step, optimizer state, grad-scaler state)."""
-        _, state, optimizer_state, trainer = load_training(folder)
-        load_weights(model, state, str(folder))
-        return trainer["step"], optimizer_state, trainer.get("grad_scaler")

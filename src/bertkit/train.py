@@ -18,7 +18,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from bertkit import BertkitError
-from bertkit.checkpoint import CheckpointManager
-from bertkit.distributed import Dist, all_gather_objects, all_reduce, cpu_has_fast_bf16, unwrap
+from bertkit.checkpoint import load_training, load_weights, save_training
+from bertkit.config import BertConfig
+from bertkit.distributed import Dist, all_gather_objects, all_reduce, barrier, cpu_has_fast_bf16, unwrap
 from bertkit.flags import PRECISIONS
 from bertkit.optim import clips_gradients
 from bertkit.runlog import RunLog
@@ -118,6 +119,41 @@ class Stopped(Exception):
     def __init__(self, step: int, folder: Path | None):
         super().__init__(f"stopped by SIGTERM at step {step}; checkpoint {folder}; run the same command to resume")
         self.step, self.folder = step, folder
+
+
+@dataclass
+class CheckpointManager:
+    """A run's training checkpoints: saved every `every` steps (0: only at the end) and when asked,
+    the newest `keep` kept (0 keeps all), loaded back for a resume. Rank 0 writes; all ranks wait."""
+
+    output_dir: Path
+    config: BertConfig
+    vocab_file: Path
+    lowercase: bool = True
+    run: dict = field(default_factory=dict)  # the run's identity, stored with each checkpoint
+    every: int = 0
+    keep: int = 3
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """A checkpoint is due at every `every`-th step before the last (the last is always saved)."""
+        return bool(self.every) and step % self.every == 0 and step < total_steps
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler_state: dict | None,
+             d: Dist) -> Path | None:
+        folder = None
+        if d.is_main:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
+            trainer = {"run": self.run, "grad_scaler": scaler_state}
+            folder = save_training(self.output_dir, step, self.config, state, self.vocab_file,
+                                   self.lowercase, optimizer.state_dict(), trainer, self.keep)
+        barrier()
+        return folder
+
+    def load(self, folder: Path, model: nn.Module) -> tuple[int, dict, dict | None]:
+        """Load a checkpoint's weights into `model`: (step, optimizer state, grad-scaler state)."""
+        _, state, optimizer_state, trainer = load_training(folder)
+        load_weights(model, state, str(folder))
+        return trainer["step"], optimizer_state, trainer.get("grad_scaler")
 
 
 class Meter:

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 
 from bertkit import BertkitError
-from bertkit.distributed import env_ranks
 from bertkit.launcher.seed_flags import say
 from bertkit.launcher.spawn import hosts_from_env
+from bertkit.ranks import env_ranks
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bertkit import BertkitError
-from bertkit.checkpoint import OPTIMIZER, CheckpointManager, latest_checkpoint, list_checkpoints
+from bertkit.checkpoint import OPTIMIZER, latest_checkpoint, list_checkpoints
 from bertkit.config import BertConfig
 from bertkit.convert import read_any
 from bertkit.distributed import Dist, shutdown
@@ -25,7 +25,7 @@ from bertkit.flags import PRECISIONS, flag, parse_bool
 from bertkit.io import os_error_message, write_json
 from bertkit.ranks import env_ranks
 from bertkit.runlog import RunLog
-from bertkit.train import StopFlag, Stopped
+from bertkit.train import CheckpointManager, StopFlag, Stopped
 
 
 

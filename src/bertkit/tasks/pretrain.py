@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bertkit import BertkitError
-from bertkit.checkpoint import CheckpointManager, load_weights
+from bertkit.checkpoint import load_weights
 from bertkit.config import VARIANTS, BertConfig, resolve
 from bertkit.data.bundled import vocab_path
 from bertkit.data.masking import word_starts
@@ -30,7 +30,7 @@ from bertkit.stream import Stream
 from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
                                   start_or_resume, write_results)
 from bertkit.tokenizer import load_vocab
-from bertkit.train import LoopConfig, StopFlag, fit, infer, log_evaluation
+from bertkit.train import CheckpointManager, LoopConfig, StopFlag, fit, infer, log_evaluation
 
 
 def parser() -> ArgumentParser:

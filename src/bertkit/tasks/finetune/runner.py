@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from bertkit import BertkitError
-from bertkit.checkpoint import CheckpointManager, load_weights
+from bertkit.checkpoint import load_weights
 from bertkit.config import VARIANTS, BertConfig, resolve
 from bertkit.data.bundled import vocab_path
 from bertkit.distributed import Dist, init, parallelize
@@ -27,7 +27,7 @@ from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights,
 from bertkit.tasks.finetune.batching import length_grouped_order
 from bertkit.tasks.finetune.recipes import GOOGLE, SMALL_MODEL_PARAMS, choose_recipe
 from bertkit.tokenizer import WordPiece
-from bertkit.train import LoopConfig, StopFlag, fit
+from bertkit.train import CheckpointManager, LoopConfig, StopFlag, fit
 
 
 def add_flags(p, task: str, max_seq_length: int) -> None:
