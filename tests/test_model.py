@@ -42,13 +42,19 @@ def reference_batch(name: str) -> dict[str, torch.Tensor]:
 def test_pretraining_head_matches_reference_outputs(fixture_model, reference, hidden_act, mlm_tol, nsp_tol):
     ref = reference_batch(reference)
     model = pretraining_model(fixture_model, hidden_act)
-    assert ref["attention_mask"][2].sum() == 16  # the third sequence is padded: the mask matters
-    with torch.no_grad():
-        mlm, nsp = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"])
-    assert mlm.shape == ref["prediction_logits"].shape  # (3, 24, 2000): every position, padding too
-    assert nsp.shape == ref["seq_relationship_logits"].shape  # (3, 2)
-    torch.testing.assert_close(mlm, ref["prediction_logits"], rtol=0, atol=mlm_tol)
-    torch.testing.assert_close(nsp, ref["seq_relationship_logits"], rtol=0, atol=nsp_tol)
+    real = ref["attention_mask"].bool()
+    assert real[2].sum() == 16  # the third sequence is padded: the mask matters
+    for unpad in (False, True):
+        model.bert.unpad = unpad
+        with torch.no_grad():
+            mlm, nsp = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"])
+        assert model.bert.path == ("unpadded" if unpad else "padded")
+        assert mlm.shape == ref["prediction_logits"].shape  # (3, 24, 2000): every position, padding too
+        assert nsp.shape == ref["seq_relationship_logits"].shape  # (3, 2)
+        # The padded path matches at padded positions too; the unpadded one computes none there.
+        where = real if unpad else torch.ones_like(real)
+        torch.testing.assert_close(mlm[where], ref["prediction_logits"][where], rtol=0, atol=mlm_tol)
+        torch.testing.assert_close(nsp, ref["seq_relationship_logits"], rtol=0, atol=nsp_tol)
 
 
 def test_gelu_form_is_visible_at_these_tolerances(fixture_model):
@@ -61,22 +67,27 @@ def test_gelu_form_is_visible_at_these_tolerances(fixture_model):
     assert (mlm - ref["prediction_logits"]).abs().max() > 4e-5
 
 
-def test_masked_positions_gather_equals_full_logits(fixture_model):
+@pytest.mark.parametrize("unpad", [False, True])
+def test_masked_positions_gather_equals_full_logits(fixture_model, unpad):
     ref = reference_batch("reference_outputs.npz")
     model = pretraining_model(fixture_model)
+    model.bert.unpad = unpad
     positions = torch.tensor([[1, 5, 9, 0], [3, 3, 20, 7], [15, 2, 0, 11]])  # (B, P), repeats allowed
     with torch.no_grad():
         full, nsp_full = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"])
         part, nsp_part = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"], positions)
+        predicted = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 1], [1, 0, 0, 1]]).bool()  # (B, P)
+        real, nsp_real = model(ref["input_ids"], ref["token_type_ids"], ref["attention_mask"], positions, predicted)
     assert part.shape == (3, 4, 2000)  # (B, P, V)
     expected = full[torch.arange(3)[:, None], positions]  # (B, P, V)
     torch.testing.assert_close(part, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(part, ref["prediction_logits"][torch.arange(3)[:, None], positions],
                                rtol=0, atol=1e-5)
-    # Equal up to the matrix kernels: the last layer computes [CLS] with fewer rows beside it when
-    # it reads only the masked positions, and AVX-512 kernels may round such a product differently
-    # (7e-9 measured on a Xeon with AMX); the same code on an AVX2 machine is bit-identical.
-    torch.testing.assert_close(nsp_part, nsp_full, rtol=0, atol=1e-7)
+    assert real.shape == (9, 2000) and torch.equal(real, part[predicted])  # (Np, V), the real predictions
+    assert torch.equal(nsp_real, nsp_part)
+    # [CLS] queries in another batch shape than all T: float noise only (not bit for bit: MKL's
+    # AVX-512 products differ by shape; 7e-9 measured on a Xeon with AMX).
+    torch.testing.assert_close(nsp_part, nsp_full, rtol=0, atol=1e-6)
 
 
 def test_no_mask_equals_all_ones_mask(fixture_model):
@@ -156,16 +167,21 @@ def test_minilm_hidden_states_match_transformers(monkeypatch):
     assert (mask == 0).sum() > 10 and types.sum() > 0  # really padded, really a pair
 
     with torch.no_grad():
-        x, pooled = ours(ids, types, mask)  # (B, T, H), (B, H)
         out = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        x_unpadded, pooled_unpadded = ours(ids, types, mask)  # (B, T, H), (B, H)
+        ours.unpad = False
+        x, pooled = ours(ids, types, mask)  # (B, T, H), (B, H)
     real = mask.bool()
-    diff = (x - out.last_hidden_state).abs()  # (B, T, H)
-    assert diff[real].max() < 1e-5, f"max diff at real tokens {diff[real].max():.2e}"
-    torch.testing.assert_close(pooled, out.pooler_output, rtol=0, atol=1e-5)
+    for states, cls in ((x, pooled), (x_unpadded, pooled_unpadded)):
+        diff = (states - out.last_hidden_state).abs()  # (B, T, H)
+        assert diff[real].max() < 1e-5, f"max diff at real tokens {diff[real].max():.2e}"
+        torch.testing.assert_close(cls, out.pooler_output, rtol=0, atol=1e-5)
     # Padded positions: in both implementations their queries attend to the real keys only, so they
     # hold the same (meaningless) values, up to float noise a little larger than at real tokens
-    # (1.3e-5 measured); nothing downstream may read them.
+    # (1.3e-5 measured); nothing downstream may read them. The unpadded path leaves them at zero.
+    diff = (x - out.last_hidden_state).abs()  # (B, T, H)
     assert diff[~real].max() < 1e-4, f"max diff at padded positions {diff[~real].max():.2e}"
+    assert not x_unpadded[~real].any()
 
     # Padding does not leak into real positions: each sentence alone gives the same states.
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertkit import unpad
 from bertkit.config import BertConfig
 
 
@@ -70,9 +71,11 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        T = input_ids.shape[1]
-        x = self.word(input_ids) + self.position.weight[:T]  # (B, T, H)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T, H); or packed tokens (N,) with their `positions` -> (N, H)."""
+        pos = self.position.weight[:input_ids.shape[1]] if positions is None else self.position(positions)
+        x = self.word(input_ids) + pos  # (B, T, H) or (N, H)
         if token_type_ids is None:
             x = x + self.token_type.weight[0]
         else:
@@ -99,28 +102,43 @@ class Layer(nn.Module):
         self.p_attn = cfg.attention_probs_dropout_prob
         self.drop = Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None,
+                packing: unpad.Packing | None = None) -> torch.Tensor:
         """x: (B, T, H); mask: (B, 1, 1, T) bool, True where a key may be attended, or None.
-        With `rows` (B, R) positions, only those positions query and come out: (B, R, H)."""
-        B, T, H = x.shape
-        hs = H // self.nh
-        xq = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, H))  # (B, R, H)
-        q = self.query(xq).view(B, -1, self.nh, hs).transpose(1, 2)  # (B, nh, R, hs)
-        k, v = (f(x).view(B, T, self.nh, hs).transpose(1, 2) for f in (self.key, self.value))  # (B, nh, T, hs)
-        a = attention(q, k, v, mask, self.p_attn if self.training else 0.0)
-        a = a.transpose(1, 2).reshape(B, -1, H)  # (B, R, H)
+        With `rows` (B, R) positions, only those positions query and come out: (B, R, H).
+        With a `packing`, x is the packed real tokens (N, H), `rows` their packed indices (B*R,),
+        and the result (N, H) or (B*R, H), in packed order."""
+        p = self.p_attn if self.training else 0.0
+        H = x.shape[-1]
+        if packing is not None:
+            xq = x if rows is None else x[rows]  # (M, H)
+            r = None if rows is None else len(rows) // packing.shape[0]
+            a = unpad.attention(self.query(xq), self.key(x), self.value(x), self.nh, packing, r,
+                                lambda q, k, v: attention(q, k, v, None, p))  # (M, H)
+        else:
+            B, T, _ = x.shape
+            hs = H // self.nh
+            xq = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, H))  # (B, R, H)
+            q = self.query(xq).view(B, -1, self.nh, hs).transpose(1, 2)  # (B, nh, R, hs)
+            k, v = (f(x).view(B, T, self.nh, hs).transpose(1, 2) for f in (self.key, self.value))  # (B, nh, T, hs)
+            a = attention(q, k, v, mask, p).transpose(1, 2).reshape(B, -1, H)  # (B, R, H)
         xq = self.attn_norm(xq + self.drop(self.out(a)))
         return self.ffn_norm(xq + self.drop(self.down(self.act(self.up(xq)))))
 
 
 class BertModel(nn.Module):
     """The encoder. Returns the last hidden states (B, T, H) and, with a pooler, the pooled [CLS]
-    vector (B, H)."""
+    vector (B, H).
 
-    def __init__(self, cfg: BertConfig, pooler: bool = True):
+    A batch with padding runs unpadded (bertkit.unpad) while `unpad` is True: the same numbers at
+    real tokens, no work at padded ones, whose hidden states come out as zeros. `path` records the
+    way the last batch took: "unpadded", "padded" (a mask in attention) or "dense" (no padding)."""
+
+    def __init__(self, cfg: BertConfig, pooler: bool = True, unpad: bool = True):
         super().__init__()
         self.config = cfg
+        self.unpad = unpad
+        self.path = ""
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
@@ -135,11 +153,24 @@ class BertModel(nn.Module):
         pooler is used: the last layer then runs its queries, feed-forward and norms on those
         positions only and returns (B, R, H). The same numbers, less work: a classifier needs [CLS]
         alone, the pretraining heads [CLS] and the masked positions."""
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: no gather, no mask
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask, rows if i == last else None)
+        if attention_mask is not None and self.unpad:
+            self.path = "unpadded"
+            p = unpad.pack(attention_mask)
+            types = None if token_type_ids is None else unpad.gather(token_type_ids, p)  # (N,)
+            x = self.embeddings(unpad.gather(input_ids, p), types, p.positions)  # (N, H)
+            packed_rows = None if rows is None else unpad.row_index(rows, p)  # (B*R,)
+            for i, layer in enumerate(self.layers):
+                x = layer(x, None, packed_rows if i == last else None, p)  # (N, H); last: (N or B*R, H)
+            x = unpad.scatter(x, p) if rows is None else unpad.unsort_rows(x, p)  # (B, T or R, H)
+        else:
+            self.path = "dense" if attention_mask is None else "padded"
+            mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+            x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+            for i, layer in enumerate(self.layers):
+                x = layer(x, mask, rows if i == last else None)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, H)
         return x, pooled
 
@@ -169,11 +200,16 @@ class BertForPreTraining(nn.Module):
         init_weights(self, cfg.initializer_range)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None,
-                masked_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                attention_mask: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None,
+                predicted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns MLM logits and NSP logits (B, 2). With `masked_positions` (B, P) the vocabulary
         projection runs on those positions only and the MLM logits are (B, P, V); without, on every
-        position: (B, T, V). The projection is most of a small model's work, so pass the positions."""
+        position: (B, T, V). The projection is most of a small model's work, so pass the positions.
+
+        With `predicted` (B, P) bool, False at the padding of `masked_positions`, the MLM logits are
+        those of the real predictions alone, (Np, V) in (B, P) order. While the encoder unpads
+        (`bert.unpad`), the head then runs on those rows only; the padded path computes every row
+        and keeps the real ones, as before."""
         rows = None
         if masked_positions is not None:
             cls = torch.zeros_like(masked_positions[:, :1])
@@ -181,7 +217,12 @@ class BertForPreTraining(nn.Module):
         x, pooled = self.bert(input_ids, token_type_ids, attention_mask, rows)  # (B, 1 + P or T, H), (B, H)
         if masked_positions is not None:
             x = x[:, 1:]  # (B, P, H)
-        return self.mlm(x, self.bert.embeddings.word.weight), self.nsp(pooled)
+        decoder = self.bert.embeddings.word.weight
+        if predicted is None:
+            return self.mlm(x, decoder), self.nsp(pooled)
+        if self.bert.unpad:
+            return self.mlm(x[predicted], decoder), self.nsp(pooled)  # (Np, V): no work on padding
+        return self.mlm(x, decoder)[predicted], self.nsp(pooled)
 
 
 class MaskedLMHead(nn.Module):
@@ -228,7 +269,11 @@ class BertForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns start and end logits, each (B, T)."""
+        """Returns start and end logits, each (B, T), at the lowest float at padding: no answer is
+        there, and the span loss is then the same whatever the padding (unpadded or not)."""
         x, _ = self.bert(input_ids, token_type_ids, attention_mask)
-        start, end = self.qa(x).unbind(-1)  # (B, T) each
+        logits = self.qa(x)  # (B, T, 2)
+        if attention_mask is not None:
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], torch.finfo(logits.dtype).min)
+        start, end = logits.unbind(-1)  # (B, T) each
         return start, end

@@ -45,6 +45,9 @@ def add_run_flags(p) -> None:
         "a GPU (benchmarks/gpu_check.sh measures it); on a CPU it compiles for minutes and then runs slower."))
     flag(p, "tf32", type=parse_bool, default=True, help=(
         "On CUDA, run fp32 matrix products in TF32 (default; --tf32 false for full fp32). No effect on CPUs."))
+    flag(p, "unpad", type=parse_bool, default=True, help=(
+        "Run batches with padding unpadded: real tokens only through every layer, attention per sequence "
+        "at its own length (the same numbers, less work). --nounpad runs them padded."))
     flag(p, "resume", type=parse_bool, default=True, help=(
         "Continue from the newest valid checkpoint in --output_dir when it holds this same run (default). "
         "--noresume starts over only with --overwrite."))

@@ -79,14 +79,16 @@ def parser() -> ArgumentParser:
 
 def pretraining_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Masked-LM cross-entropy over the real masked positions plus next-sentence cross-entropy."""
-    mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])  # (B,P,V), (B,2)
-    w = b["masked_lm_weights"].flatten()  # (B*P,), 1 for real predictions, 0 for padding
-    ce = F.cross_entropy(mlm.flatten(0, 1).float(), b["masked_lm_ids"].flatten(), reduction="none")  # (B*P,)
+    w = b["masked_lm_weights"]  # (B, P), 1 for real predictions, 0 for padding
+    real = w != 0  # (B, P); NaN weights stay in, so that a NaN batch shows in the loss
+    mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"], real)  # (Np,V), (B,2)
+    w, labels = w[real], b["masked_lm_ids"][real]  # (Np,) each
+    ce = F.cross_entropy(mlm.float(), labels, reduction="none")  # (Np,)
     n = w.sum().clamp(min=1.0)
     mlm_loss = (ce * w).sum() / n
     nsp_loss = F.cross_entropy(nsp.float(), b["next_sentence_labels"])
     with torch.no_grad():
-        mlm_acc = ((mlm.argmax(-1).flatten() == b["masked_lm_ids"].flatten()).float() * w).sum() / n
+        mlm_acc = ((mlm.argmax(-1) == labels).float() * w).sum() / n
         nsp_acc = (nsp.argmax(-1) == b["next_sentence_labels"]).float().mean()
     return mlm_loss + nsp_loss, {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "mlm_acc": mlm_acc, "nsp_acc": nsp_acc}
 
@@ -180,6 +182,7 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
               "num_train_steps": args.num_train_steps}
     torch.manual_seed(args.seed)  # the same initial weights on every rank and in every run
     model = BertForPreTraining(config)
+    model.bert.unpad = args.unpad
     if init_state is not None:
         load_weights(model, init_state, str(args.init_checkpoint))
 

@@ -142,6 +142,7 @@ def setup(args, task: str, log=say) -> Setup:
 
 def build(model: nn.Module, s: Setup, args, log=say) -> nn.Module:
     """Load the initial weights into `model` (a task head over the encoder); report fresh heads."""
+    model.bert.unpad = args.unpad
     if s.state is not None:
         fresh = load_weights(model, s.state, str(args.init_checkpoint))
         heads = [k for k in fresh if not k.startswith("bert.")]
