@@ -83,11 +83,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nh: int, p: Pac
     twice, with no mask (every key is real). Returns (M, H)."""
     H = q.shape[-1]
     hs = H // nh
-    out, kv, qs = [], 0, 0
-    for g, t in p.groups:
-        n, m = g * t, g * (t if r is None else r)
-        qg = q[qs:qs + m].view(g, -1, nh, hs).transpose(1, 2)  # (g, nh, t or r, hs)
-        kg, vg = (z[kv:kv + n].view(g, t, nh, hs).transpose(1, 2) for z in (k, v))  # (g, nh, t, hs)
+    sizes = [(g, t, g * t, g * (t if r is None else r)) for g, t in p.groups]
+    # One split per tensor, not a slice per group: a slice's backward would zero-fill a full
+    # (N, H) gradient for every group, a split's gathers them in one concatenation.
+    qs = q.split([m for *_, m in sizes])
+    ks, vs = (z.split([n for _, _, n, _ in sizes]) for z in (k, v))
+    out = []
+    for (g, t, n, m), qg, kg, vg in zip(sizes, qs, ks, vs):
+        qg = qg.view(g, -1, nh, hs).transpose(1, 2)  # (g, nh, t or r, hs)
+        kg, vg = (z.view(g, t, nh, hs).transpose(1, 2) for z in (kg, vg))  # (g, nh, t, hs)
         out.append(attend(qg, kg, vg).transpose(1, 2).reshape(m, H))  # (m, H)
-        kv, qs = kv + n, qs + m
     return out[0] if len(out) == 1 else torch.cat(out)  # (M, H)
