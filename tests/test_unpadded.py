@@ -170,3 +170,17 @@ def test_pretraining_run_takes_the_unpadded_path(tmp_path, monkeypatch):
         assert calls
         assert any(t < 64 for _, t in calls) != masked  # sequences at their own lengths, or not
         assert any(m for m, _ in calls) == masked
+
+
+@pytest.mark.parametrize("flags, on", [([], True), (["--nounpad"], False), (["--unpad=false"], False)])
+def test_finetune_flag_reaches_the_model(flags, on):
+    """The run flag is shared: fine-tuning's model builder sets the encoder's switch from it."""
+    from types import SimpleNamespace
+
+    from bertkit.tasks import finetune as ft
+    from bertkit.tasks.mrpc import parser
+
+    args = parser().parse_args(["--output_dir=unused", "--data_dir=unused", *flags])
+    assert args.unpad is on
+    model = ft.build(BertForSequenceClassification(TINY), SimpleNamespace(state=None), args)
+    assert model.bert.unpad is on

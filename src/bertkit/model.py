@@ -2,7 +2,7 @@
 (pretraining, sequence classification, span QA). Knows nothing of distribution or precision policy.
 
 Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size (H / nh), V vocabulary,
-P masked positions per sequence.
+P masked positions per sequence; N real tokens of a batch run unpadded (bertkit.unpad).
 """
 
 from __future__ import annotations
@@ -208,8 +208,8 @@ class BertForPreTraining(nn.Module):
 
         With `predicted` (B, P) bool, False at the padding of `masked_positions`, the MLM logits are
         those of the real predictions alone, (Np, V) in (B, P) order. While the encoder unpads
-        (`bert.unpad`), the head then runs on those rows only; the padded path computes every row
-        and keeps the real ones, as before."""
+        (`bert.unpad`), the head then runs on those rows only; the padded path computes all P rows
+        and keeps the real ones."""
         rows = None
         if masked_positions is not None:
             cls = torch.zeros_like(masked_positions[:, :1])
