@@ -12,9 +12,9 @@ from bertkit import unpad
 from bertkit.cli import main as cli
 from bertkit.config import BertConfig
 from bertkit.model import BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification
-from bertkit.tasks.mrpc import classification_loss
+from bertkit.tasks.finetune.mrpc import classification_loss
 from bertkit.tasks.pretrain import pretraining_loss
-from bertkit.tasks.squad import span_loss
+from bertkit.tasks.finetune.squad import span_loss
 from conftest import FIXTURES
 
 # Dropout at 1e-12 rounds to a cut of 0 in the CPU dropout: both dropouts and the spelled-out
@@ -177,8 +177,8 @@ def test_finetune_flag_reaches_the_model(flags, on):
     """The run flag is shared: fine-tuning's model builder sets the encoder's switch from it."""
     from types import SimpleNamespace
 
-    from bertkit.tasks import finetune as ft
-    from bertkit.tasks.mrpc import parser
+    from bertkit.tasks.finetune import runner as ft
+    from bertkit.tasks.finetune.mrpc import parser
 
     args = parser().parse_args(["--output_dir=unused", "--data_dir=unused", *flags])
     assert args.unpad is on
