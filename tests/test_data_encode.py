@@ -36,9 +36,9 @@ def test_real_text_encodes_as_wordpiece_does(uncased, cased):
 
 
 # Characters where tokenizers go wrong: controls, tabs, every ASCII punctuation mark, accents,
-# combining marks, CJK, odd spaces, and words longer than WordPiece's 100-character limit.
+# combining marks, CJK, odd spaces, and words about WordPiece's 200-character limit.
 TRICKY = st.sampled_from(["\t", "\r", "\x0b", "\x0c", "\x1f", "\x7f", "\x00", " ", "  ", "é", "É", "\u0301",
-                          "力", "\u00a0", "\u2028", "\u200b", "“", "ﬁ", "ß", "İ", "x" * 101, "##", "[MASK]"])
+                          "力", "\u00a0", "\u2028", "\u200b", "“", "ﬁ", "ß", "İ", "x" * 101, "x" * 201, "##", "[MASK]"])
 TEXT = st.lists(st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
                           TRICKY), max_size=12).map("".join)
 

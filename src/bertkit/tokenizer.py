@@ -12,6 +12,9 @@ from bertkit import BertkitError
 from bertkit.io import read_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Google's WordpieceTokenizer: a longer word is one [UNK]. (Hugging Face's legacy port uses 100,
+# so words of 101-200 characters differ there; Google's data and checkpoints are our reference.)
+MAX_INPUT_CHARS_PER_WORD = 200
 
 
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
@@ -49,9 +52,9 @@ class WordPiece:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             self.vocab[t] for t in SPECIAL_TOKENS)
         # Google's BasicTokenizer: clean control chars, space out CJK, lower case and strip accents
-        # when uncased; split on whitespace and punctuation; then greedy longest-match WordPiece
-        # with a 100-character limit per word.
-        tok = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        # when uncased; split on whitespace and punctuation; then greedy longest-match WordPiece.
+        tok = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]",
+                                         max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
         tok.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -17,7 +17,7 @@ import re
 
 from tokenizers import Tokenizer, models
 
-from bertkit.tokenizer import WordPiece
+from bertkit.tokenizer import MAX_INPUT_CHARS_PER_WORD, WordPiece
 
 # Google's _is_control: every ASCII control character except tab, newline and carriage return is
 # deleted; those three are whitespace.
@@ -41,7 +41,7 @@ class SentenceEncoder:
         # vocab and limits as `tokenizer`); fed many to a call, pre-split, they cost a quarter of
         # what one call per word does.
         self._wordpiece = Tokenizer(models.WordPiece(tokenizer.vocab, unk_token="[UNK]",
-                                                     max_input_chars_per_word=100))
+                                                     max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
 
     def encode(self, sentences: list[str]) -> list[list[int]]:
         """WordPiece ids of each sentence, without [CLS]/[SEP]."""
