@@ -306,7 +306,7 @@ def test_mrpc_offline_download_is_one_clear_error(fixture_model, tmp_path, capsy
     (["mrpc", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o", "--init_checkpoint", "{model}",
       "--learning_rate", "0"], "--learning_rate must be > 0"),
     (["mrpc", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o", "--init_checkpoint", "{model}",
-      "--warmup_proportion", "1.5"], "--warmup_proportion must be between 0 and 1"),
+      "--warmup_proportion", "-0.5"], "--warmup_proportion must be >= 0"),
     (["mrpc", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o", "--init_checkpoint", "{model}",
       "--train_batch_size", "many"], "argument --train_batch_size"),
     (["mrpc", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o", "--bogus_flag", "1"], "unrecognized arguments: --bogus_flag"),

@@ -242,9 +242,19 @@ def test_finetuning_schedule_closed_form():
     assert lr[T] == 0.0
 
 
-def test_schedule_rejects_warmup_past_the_end():
-    with pytest.raises(BertkitError, match="num_warmup_steps"):
-        WarmupPolyDecay(num_warmup_steps=20, num_train_steps=10)
+def test_warmup_longer_than_the_run_stays_in_warmup():
+    """Google's and NVIDIA's schedules accept W > T (the seed's phase 1 example: 100 steps, 2000
+    warm-up): the rate rises as step / W for the whole run; a note says so."""
+    from bertkit.optim import long_warmup_note
+
+    sched = WarmupPolyDecay(num_warmup_steps=2000, num_train_steps=100)
+    assert [sched(s) for s in (0, 1, 99)] == [0.0, 1 / 2000, 99 / 2000]
+    assert long_warmup_note(2000, 100) == ("note: the warm-up (2000 steps) is longer than the run (100 steps): "
+                                           "the learning rate stays in warm-up and reaches 5.0% of its peak at "
+                                           "the last step")
+    assert long_warmup_note(100, 100) is None
+    with pytest.raises(BertkitError, match="num_warmup_steps must be >= 0"):
+        WarmupPolyDecay(num_warmup_steps=-1, num_train_steps=10)
 
 
 def tiny_config() -> BertConfig:

@@ -151,8 +151,8 @@ def test_overfit_reaches_high_mlm_accuracy(dataset, tmp_path):
 
 
 def test_bad_flags_and_foreign_output_dir(dataset, tmp_path, capsys):
-    assert cli(["pretrain", *args(dataset, tmp_path, num_train_steps=5, num_warmup_steps=10)]) == 2
-    assert "num_warmup_steps" in capsys.readouterr().err
+    assert cli(["pretrain", *args(dataset, tmp_path, num_train_steps=5, num_warmup_steps=-1)]) == 2
+    assert "--num_warmup_steps and --num_train_steps must be >= 0" in capsys.readouterr().err
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--max_seq_length=1000"]) == 2
     assert "max_position_embeddings" in capsys.readouterr().err
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--bf16_config_path", str(tmp_path / "nope.json"),
@@ -161,8 +161,10 @@ def test_bad_flags_and_foreign_output_dir(dataset, tmp_path, capsys):
     # kebab-case spellings parse too; the run leaves a checkpoint
     assert cli(["pretrain", "--input-files-dir", str(dataset / "data"), "--bert-config-file", str(dataset / "bert_config.json"),
                 "--output-dir", str(tmp_path), "--train-batch-size", "2", "--max-seq-length", "64",
-                "--max-predictions-per-seq", "10", "--num-train-steps", "2", "--num-warmup-steps", "1"]) == 0
+                "--max-predictions-per-seq", "10", "--num-train-steps", "2", "--num-warmup-steps", "2000"]) == 0
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002"]
+    # a warm-up longer than the run (the seed's phase 1 example) is accepted with a one-line note
+    assert "note: the warm-up (2000 steps) is longer than the run (2 steps)" in capsys.readouterr().err
     # another run's checkpoints are not overwritten without --overwrite
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--learning_rate=5e-4"]) == 2
     assert "another run" in capsys.readouterr().err

@@ -245,7 +245,9 @@ class WarmupPolyDecay:
         otherwise:      (1 - step / T) ** power             continuous=False
                         ((T - step) / (T - W)) ** power     continuous=True
 
-    W = num_warmup_steps, T = num_train_steps. Without `continuous` the decay runs from step 0 and
+    W = num_warmup_steps, T = num_train_steps. W may exceed T: the rate then rises for the whole
+    run and never decays (Google's and NVIDIA's schedules allow it; the usual way to time a short
+    run with a long recipe's warm-up; see `long_warmup_note`). Without `continuous` the decay runs from step 0 and
     the rate drops at the end of warmup from 1 to (1 - W/T) ** power: NVIDIA's BERT schedule for
     LAMB (PolyWarmUpScheduler in its PyTorch recipe, power 0.5; the same power 0.5 in its
     TensorFlow optimization.py, which the seed uses) and Google's (tf.train.polynomial_decay,
@@ -263,9 +265,8 @@ class WarmupPolyDecay:
     def __post_init__(self):
         if self.num_train_steps <= 0:
             raise BertkitError(f"--num_train_steps must be > 0, got {self.num_train_steps}")
-        if not 0 <= self.num_warmup_steps <= self.num_train_steps:
-            raise BertkitError(f"--num_warmup_steps must be between 0 and --num_train_steps "
-                               f"({self.num_train_steps}), got {self.num_warmup_steps}")
+        if self.num_warmup_steps < 0:
+            raise BertkitError(f"--num_warmup_steps must be >= 0, got {self.num_warmup_steps}")
         if not self.power > 0:
             raise BertkitError(f"learning-rate decay power must be > 0, got {self.power}")
 
@@ -278,6 +279,15 @@ class WarmupPolyDecay:
         if self.continuous:
             return ((T - step) / (T - W)) ** self.power
         return (1.0 - step / T) ** self.power
+
+
+def long_warmup_note(num_warmup_steps: int, num_train_steps: int) -> str | None:
+    """One line telling that the warm-up outlasts the run (accepted), or None when it does not."""
+    W, T = num_warmup_steps, num_train_steps
+    if W <= T:
+        return None
+    return (f"note: the warm-up ({W} steps) is longer than the run ({T} steps): the learning rate stays in "
+            f"warm-up and reaches {max(T - 1, 0) / W:.1%} of its peak at the last step")
 
 
 class LayerwiseAdamW(torch.optim.AdamW):

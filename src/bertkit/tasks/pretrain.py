@@ -25,7 +25,8 @@ from bertkit.data.pretraining import PretrainingDataset, collate
 from bertkit.distributed import Dist, init, parallelize
 from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.model import BertForPreTraining
-from bertkit.optim import WarmupPolyDecay, make_optimizer
+from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_optimizer
+from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
 from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
                                   start_or_resume, write_results)
@@ -52,7 +53,9 @@ def parser() -> ArgumentParser:
     flag(p, "max_predictions_per_seq", type=int, default=20, help="Most masked positions per sequence. Must match data generation.")
     flag(p, "num_train_steps", type=int, default=100000, help="Optimizer steps in all (a resumed run counts the steps done).")
     flag(p, "num_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    flag(p, "num_warmup_steps", type=int, default=10000, help="Linear warm-up steps before polynomial decay.")
+    flag(p, "num_warmup_steps", type=int, default=10000, help=(
+        "Linear warm-up steps before polynomial decay. May exceed --num_train_steps (the rate then stays in "
+        "warm-up, with a note), as in Google's and NVIDIA's schedules."))
     flag(p, "learning_rate", type=float, default=5e-5, help="Peak learning rate.")
     flag(p, "poly_power", type=float, default=0.5, help="Power of the polynomial decay after warm-up (NVIDIA's recipe: 0.5).")
     flag(p, "optimizer", choices=("lamb", "adamw"), default="lamb", help="LAMB (default) or AdamW.")
@@ -140,6 +143,9 @@ def validate(args) -> None:
     for name, needed in (("input_files_dir", args.do_train), ("eval_files_dir", args.do_eval)):
         if needed and not Path(getattr(args, name)).exists():  # before any model is built
             raise BertkitError(f"--{name}: {getattr(args, name)}: no such file or folder")
+    note = long_warmup_note(args.num_warmup_steps, args.num_train_steps)
+    if note and args.do_train and env_ranks()[0] == 0:
+        print(note, file=sys.stderr)
     if args.use_xla:
         print("note: --use_xla is a TensorFlow option; bertkit's equivalent is --compile", file=sys.stderr)
 

@@ -19,7 +19,7 @@ from bertkit.config import VARIANTS, BertConfig, resolve
 from bertkit.data.bundled import vocab_path
 from bertkit.distributed import Dist, init, parallelize
 from bertkit.flags import flag, parse_bool
-from bertkit.optim import WarmupPolyDecay, make_finetune_optimizer
+from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_finetune_optimizer
 from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
 from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
@@ -57,7 +57,9 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
         f"Passes over the training examples (default {g.num_train_epochs:g}, or the small-model recipe); "
         "steps = int(examples / global batch * epochs), as Google computes them."))
     flag(p, "warmup_proportion", type=float, default=None,
-         help=f"Share of the steps with linear warmup; linear decay to 0 after (default {g.warmup_proportion:g}).")
+         help=(
+        f"Share of the steps with linear warmup; linear decay to 0 after (default {g.warmup_proportion:g}). "
+        "Over 1, the rate stays in warm-up for the whole run (with a note)."))
     flag(p, "layerwise_lr_decay", type=float, default=None, help=(
         "Each layer below the top learns at this factor of the one above (the embeddings lowest); "
         "1 (default) gives every layer the same rate."))
@@ -88,8 +90,8 @@ def check_flags(args, task: str) -> None:
         raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.num_train_epochs is not None and not args.num_train_epochs > 0:
         raise BertkitError(f"--num_train_epochs must be > 0, got {args.num_train_epochs}")
-    if args.warmup_proportion is not None and not 0 <= args.warmup_proportion <= 1:
-        raise BertkitError(f"--warmup_proportion must be between 0 and 1, got {args.warmup_proportion}")
+    if args.warmup_proportion is not None and not args.warmup_proportion >= 0:  # over 1: a note, as in pretraining
+        raise BertkitError(f"--warmup_proportion must be >= 0, got {args.warmup_proportion}")
     if args.layerwise_lr_decay is not None and not 0 < args.layerwise_lr_decay <= 1:
         raise BertkitError(f"--layerwise_lr_decay must be in (0, 1], got {args.layerwise_lr_decay}")
     if args.weight_decay < 0 or args.max_grad_norm < 0:
@@ -202,6 +204,8 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
                       precision=args.precision, max_grad_norm=args.max_grad_norm or None,
                       log_every=args.log_every, seed=args.seed, eval_every=eval_every, skip_nonfinite=args.skip_nonfinite,
                       fp32_modules=fp32_patterns(args.bf16_config_path, args.precision))
+    if long_warmup_note(warmup, steps):
+        log.print(long_warmup_note(warmup, steps))
     log.print(f"fine-tuning {s.config.num_hidden_layers}L/{s.config.hidden_size}H on {num_examples} examples "
               f"({len(features)} sequences), {steps} steps ({warmup} warmup) of global batch {global_batch} "
               f"= {args.train_batch_size} x {d.world_size} process(es); lr {args.learning_rate:g}, "
