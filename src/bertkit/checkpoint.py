@@ -9,8 +9,10 @@ position (saved on the run's cadence by train.CheckpointManager).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -243,3 +245,42 @@ def latest_checkpoint(output_dir: str | os.PathLike, log=print) -> Path | None:
         except BertkitError as e:
             log(f"warning: skipping damaged checkpoint: {e}")
     return None
+
+
+# ---- checkpoint paths as TensorFlow names them -------------------------------------------------
+
+_TF_FILE = re.compile(r"\.(index|data-\d+-of-\d+)$")  # what follows a prefix in its files' names
+_TF_STEP = re.compile(r"^model\.ckpt-(\d+)$")  # Estimator's name for the checkpoint of step N
+
+
+def is_tf_prefix(path: str | os.PathLike) -> bool:
+    """True when `path` is a TensorFlow checkpoint prefix: PATH.index is a file."""
+    return Path(f"{path}.index").is_file()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Where a checkpoint given on a command line is, for every command that takes one.
+
+    An existing folder or file stands for itself. Otherwise, as TensorFlow scripts name them:
+    `DIR/PREFIX` (or `DIR/PREFIX.index`, `DIR/PREFIX.data-00000-of-00001`) is a TensorFlow
+    checkpoint prefix when `DIR/PREFIX.index` exists (Google's `.../bert_model.ckpt`), and
+    `DIR/model.ckpt-N` is the step-N checkpoint `DIR/ckpt-0000000N` of a bertkit output folder (the
+    seed's phase 2 starts from `phase_1/model.ckpt-100`). Anything else is a one-line error."""
+    p = Path(path)
+    if p.is_dir() or (p.is_file() and not _TF_FILE.search(p.name)):
+        return p
+    prefix = p.with_name(_TF_FILE.sub("", p.name))
+    if is_tf_prefix(prefix):
+        return prefix
+    if glob.glob(glob.escape(str(prefix)) + ".data-*"):
+        raise BertkitError(f"{path}: a TensorFlow checkpoint prefix without its index ({prefix}.index is missing)")
+    step = _TF_STEP.match(prefix.name)
+    if step and prefix.parent.is_dir():
+        folder = checkpoint_dir(prefix.parent, int(step.group(1)))
+        if folder.is_dir():
+            return folder
+        saved = ", ".join(str(int(c.name[5:])) for c in list_checkpoints(prefix.parent)) or "none"
+        raise BertkitError(f"{path}: no checkpoint of step {int(step.group(1))} in {prefix.parent} "
+                           f"(steps saved there: {saved})")
+    raise BertkitError(f"{path}: no such checkpoint folder or zip, nor a TensorFlow checkpoint prefix "
+                       f"({prefix.name}.index is not there)")

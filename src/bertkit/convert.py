@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from bertkit import BertkitError
-from bertkit.checkpoint import check_shapes, is_model_folder, load_model_folder, load_pickle, save_model
+from bertkit.checkpoint import (check_shapes, is_model_folder, is_tf_prefix, load_model_folder, load_pickle,
+                                resolve_checkpoint, save_model)
 from bertkit.config import BertConfig
 
 # bertkit name, Hugging Face name, Google TF variable. "{i}" is the layer index. Google stores dense
@@ -163,12 +164,16 @@ def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bo
     return config, state, vocab, lower
 
 
-def read_google(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+def read_google(folder: Path, prefix: Path | None = None) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+    """A Google checkpoint folder: bert_config.json, vocab.txt and one TensorFlow checkpoint, or the
+    checkpoint `prefix` in it when given (a folder may hold several)."""
     from bertkit.tfbundle import read_checkpoint
 
-    indexes = sorted(folder.glob("*.index"))
+    indexes = [Path(f"{prefix}.index")] if prefix is not None else sorted(folder.glob("*.index"))
     if len(indexes) != 1:
         raise BertkitError(f"{folder}: expected one TensorFlow checkpoint (*.index), found {len(indexes)}")
+    if not (folder / "bert_config.json").is_file():
+        raise BertkitError(f"{indexes[0]}: no bert_config.json beside the checkpoint")
     config = BertConfig.from_json(folder / "bert_config.json")
     tensors = read_checkpoint(str(indexes[0])[: -len(".index")])
     state = from_google(tensors, config.num_hidden_layers, str(indexes[0]))
@@ -181,8 +186,12 @@ def read_google(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path
 def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
              ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
     """(config, bertkit state dict, vocab path, lowercase) from any supported source. A zip is
-    unpacked into `workdir`, which must outlive the returned vocab path."""
-    src = Path(src)
+    unpacked into `workdir`, which must outlive the returned vocab path. TensorFlow's names are
+    taken too (see `resolve_checkpoint`): a checkpoint prefix, `model.ckpt-N` of an output folder."""
+    src = resolve_checkpoint(src)
+    if is_tf_prefix(src):
+        found = read_google(src.parent, prefix=src)
+        return _check_vocab(found)
     if src.is_file() and src.suffix == ".zip":
         from bertkit.fetch import extract
 
@@ -204,6 +213,10 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
         found = read_google(src)
     else:
         raise BertkitError(f"{src}: not a bertkit, Hugging Face or Google BERT checkpoint")
+    return _check_vocab(found)
+
+
+def _check_vocab(found: tuple) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
     config, vocab = found[0], found[2]
     from bertkit.tokenizer import load_vocab
 
@@ -262,10 +275,10 @@ def main(argv: list[str]) -> int:
     from bertkit.flags import ArgumentParser
 
     p = ArgumentParser(prog="bertkit convert", description=(
-        "Convert a BERT checkpoint. SRC may be a Google checkpoint zip or folder (bert_config.json, "
+        "Convert a BERT checkpoint. SRC may be a Google checkpoint zip, folder or prefix (bert_config.json, "
         "vocab.txt, bert_model.ckpt.*; TensorFlow is not needed), a Hugging Face folder (config.json, "
         "model.safetensors or pytorch_model.bin, vocab.txt) or a bertkit folder."))
-    p.add_argument("--input", "-i", required=True, help="Checkpoint zip or folder to read.")
+    p.add_argument("--input", "-i", required=True, help="Checkpoint zip, folder or TensorFlow prefix to read.")
     p.add_argument("--output", "-o", required=True, help="Folder to write; replaced atomically.")
     p.add_argument("--format", choices=("bertkit", "hf"), default="bertkit",
                    help="bertkit (default) or hf (loadable by transformers).")

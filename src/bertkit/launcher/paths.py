@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from bertkit import BertkitError
-from bertkit.checkpoint import checkpoint_dir, is_model_folder, verify_folder
+from bertkit.checkpoint import checkpoint_dir, is_model_folder, resolve_checkpoint, verify_folder
 from bertkit.launcher.recipes import CORPUS_DIRS, Phase
 from bertkit.launcher.seed_flags import say
 from bertkit.pretrained import cached_model, download_model, model_name
@@ -44,13 +44,22 @@ def check_phase1_done(output_dir: str | os.PathLike, phase1: Phase) -> Path:
 
 
 def init_checkpoint(path: str | None, variant: str) -> str | None:
-    """--init_checkpoint_path as the seed lays it out (PATH/<variant>/...) or a checkpoint itself."""
+    """--init_checkpoint_path as the seed lays it out (PATH/<variant>/...) or a checkpoint itself
+    (also by its TensorFlow name: a checkpoint prefix, `model.ckpt-N`)."""
     if not path:
         return None
     p = Path(path)
-    if not p.exists():
-        raise BertkitError(f"--init_checkpoint_path {path}: no such file or folder")
-    return str((p / variant) if (p / variant).is_dir() else p)
+    if (p / variant).is_dir():
+        return str(p / variant)
+    return str(checkpoint_path(path, "init_checkpoint_path"))
+
+
+def checkpoint_path(path: str, name: str) -> Path:
+    """A checkpoint flag's value, resolved as every command resolves one; errors name the flag."""
+    try:
+        return resolve_checkpoint(path)
+    except BertkitError as e:
+        raise BertkitError(f"--{name} {e}") from None
 
 
 def pretrained_model(args) -> str:
@@ -58,6 +67,8 @@ def pretrained_model(args) -> str:
     the variant, downloaded once into $BERTKIT_CACHE/models (default ~/.cache/bertkit/models)."""
     for name in ("checkpoint_folder", "bert_config_dir"):
         path = getattr(args, name)
+        if path and name == "checkpoint_folder":
+            return str(checkpoint_path(path, name).resolve())
         if path:
             if not Path(path).exists():
                 raise BertkitError(f"--{name} {path}: no such file or folder")

@@ -71,7 +71,7 @@ def parser() -> ArgumentParser:
         "Initial weights for overfit (and bookswiki phase 1): a checkpoint, or a folder holding one per "
         "variant (PATH/<variant>/, the seed's layout). Without it, random weights."))
     flag(p, "checkpoint_folder", metavar="<path>",
-         help="Pretrained model to fine-tune: bertkit, Google (folder or zip) or Hugging Face.")
+         help="Pretrained model to fine-tune: bertkit, Google (folder, zip or prefix .../bert_model.ckpt) or Hugging Face.")
     flag(p, "bf16_config_path", metavar="<json>",
          help="Modules kept in fp32 under bf16 (bertkit's format, see `bertkit pretrain --help`).")
     flag(p, "kubernetes_run", type=parse_bool, default=False, metavar="<bool>", help=(

@@ -44,7 +44,8 @@ def parser() -> ArgumentParser:
     flag(p, "model_variant", default=None, help="Same as --bert_config_file with a variant name.")
     flag(p, "init_checkpoint", default=None, help=(
         "Start from these weights (fresh optimizer and schedule, as phase 2 starts from phase 1): a bertkit "
-        "checkpoint folder, a training output folder (its newest checkpoint), a Google or Hugging Face checkpoint."))
+        "checkpoint folder, a training output folder (its newest checkpoint) or its OUTPUT_DIR/model.ckpt-N (step N, "
+        "TensorFlow's name), a Google checkpoint (zip, folder or prefix .../bert_model.ckpt) or a Hugging Face folder."))
     flag(p, "vocab_file", default=None, help="vocab.txt (default: the init checkpoint's, else Google's uncased vocab).")
     flag(p, "do_lower_case", type=parse_bool, default=True, help="The vocabulary is uncased (stored with checkpoints).")
     flag(p, "train_batch_size", type=int, default=32, help="Sequences per micro-batch, per process.")

@@ -36,7 +36,8 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
     flag(p, "task_name", default=task, help="The task (the seed's run_classifier.py flag): MRPC or squad.")
     flag(p, "init_checkpoint", default=None, help=(
         "Start from these weights: a bertkit checkpoint folder, a training output folder (its newest "
-        "checkpoint), a Google checkpoint (zip or folder) or a Hugging Face folder. A fine-tuned "
+        "checkpoint; OUTPUT_DIR/model.ckpt-N for step N), a Google checkpoint (zip, folder or prefix "
+        ".../bert_model.ckpt) or a Hugging Face folder. A fine-tuned "
         "checkpoint brings its task head too (for --do_train=false evaluation)."))
     flag(p, "bert_config_file", default=None, help=(
         f"bert_config.json or a variant name ({', '.join(VARIANTS)}); default: the init checkpoint's. "
