@@ -5,7 +5,8 @@ run_squad.py flags. Writes, in --output_dir:
 - `predictions.json` (question id -> answer text), `nbest_predictions.json` and, with
   --version_2_with_negative, `null_odds.json` (--do_predict);
 - `eval_results.json`: exact_match and f1 (percentages, the official definitions, as
-  `bertkit squad-eval` computes them) when the predict file has answers;
+  `bertkit squad-eval` computes them) when the predict file has answers (--do_eval, the seed's
+  flag, asks for them and says so when there are none);
 - `train_results.json`: steps, seconds of training, the last logged losses.
 
 Training questions whose answer text is not found at its `answer_start` are skipped and counted
@@ -44,6 +45,9 @@ def parser() -> ArgumentParser:
     flag(p, "predict_file", default=None, help="SQuAD JSON to answer (dev-v1.1.json); needed by --do_predict.")
     flag(p, "do_predict", type=parse_bool, default=False, help=(
         "Answer --predict_file: predictions.json, nbest_predictions.json, and eval_results.json when it has answers."))
+    flag(p, "do_eval", type=parse_bool, default=False, help=(
+        "Score the predictions of --predict_file against its answers (eval_results.json; implies --do_predict, "
+        "the seed's run_squad.py flag); a predict file without answers is said so."))
     flag(p, "doc_stride", type=int, default=squad.DOC_STRIDE,
          help="Tokens between the starts of a long context's windows.")
     flag(p, "max_query_length", type=int, default=squad.MAX_QUERY_LENGTH,
@@ -62,12 +66,13 @@ def parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     ft.check_flags(args, "SQuAD")
+    args.do_predict = args.do_predict or args.do_eval  # nothing to score without predictions
     if not (args.do_train or args.do_predict):
-        raise BertkitError("nothing to do: give --do_train or --do_predict")
+        raise BertkitError("nothing to do: give --do_train, --do_predict or --do_eval")
     if args.do_train and not args.train_file:
         raise BertkitError("--do_train needs --train_file (or pass --do_train=false)")
     if args.do_predict and not args.predict_file:
-        raise BertkitError("--do_predict needs --predict_file")
+        raise BertkitError(f"--{'do_eval' if args.do_eval else 'do_predict'} needs --predict_file")
     for name in ("doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
         if getattr(args, name) < 1:
             raise BertkitError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -154,6 +159,12 @@ def run(args) -> int:
             results = score(args.predict_file, predictions, null_odds if v2 else None)
             if results:
                 write_json(out / "eval_results.json", results)
+                if args.do_eval:
+                    ft.say("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()
+                                                if k in ("exact_match", "exact", "f1")))
+            elif args.do_eval:
+                ft.say(f"--do_eval: {args.predict_file} has no answers to score against; predictions written, "
+                       "no eval_results.json")
             else:
                 ft.say(f"{args.predict_file} has no answers: predictions written, nothing to score")
     if d.is_main:
