@@ -5,7 +5,7 @@ eval_results.txt."""
 import json
 
 from bertkit.cli import main as cli_main
-from conftest import DATA
+from conftest import DATA, FIXTURES
 
 SQUAD = DATA / "squad" / "dev-v1.1-even-articles.json"
 SMALL = ["--max_seq_length", "96", "--doc_stride", "32", "--max_query_length", "24", "--device", "cpu"]
@@ -41,3 +41,45 @@ def test_squad_do_eval_scores_the_predictions_or_says_it_cannot(fixture_model, t
     assert cli_main(["finetune", "squad", "--do_train=False", "--do_eval", "--init_checkpoint", str(fixture_model),
                      "--output_dir", str(tmp_path / "c")]) == 2
     assert capsys.readouterr().err.strip().endswith("--do_eval needs --predict_file")
+
+
+def read_dllog(path) -> list[dict]:
+    """dllogger's JSON stream as its documentation gives it: each line `DLLL ` and one JSON object
+    with timestamp, datetime, elapsedtime (strings), type, step and data. JSONStreamBackend.log
+    writes type "LOG" for every record; the settings are the record whose step is "PARAMETER"
+    (dllogger's README: `step="PARAMETER"` for script parameters, a tuple, here a list, for progress
+    and `()` for the summary of the whole run)."""
+    from datetime import datetime
+
+    records = []
+    for line in path.read_text().splitlines():
+        assert line.startswith("DLLL "), line
+        rec = json.loads(line[len("DLLL "):])
+        assert set(rec) == {"timestamp", "datetime", "elapsedtime", "type", "step", "data"}, rec
+        assert all(isinstance(rec[k], str) for k in ("timestamp", "datetime", "elapsedtime"))
+        assert datetime.fromisoformat(rec["datetime"]).timestamp() == float(rec["timestamp"])
+        assert rec["type"] == "LOG" and isinstance(rec["data"], dict)
+        step = rec["step"]
+        assert step == "PARAMETER" or isinstance(step, int) or (
+            isinstance(step, list) and all(isinstance(i, int) for i in step)), step
+        records.append(rec)
+    return records
+
+
+def test_pretraining_dllog_reads_back_as_dllogger_writes_it(fixture_model, tmp_path):
+    out = tmp_path / "phase_1"
+    dllog = tmp_path / "logs" / "bert_dllog.json"
+    assert cli_main(["pretrain", "--input_files_dir", str(FIXTURES / "pretrain_seq128.tfrecord"),
+                     "--init_checkpoint", str(fixture_model), "--output_dir", str(out), "--train_batch_size", "2",
+                     "--max_seq_length", "128", "--max_predictions_per_seq", "20", "--num_train_steps", "3",
+                     "--num_warmup_steps", "1", "--learning_rate", "1e-3", "--log_every", "1", "--device", "cpu",
+                     f"--dllog_path={dllog}"]) == 0
+    records = read_dllog(dllog)
+    steps = [r["step"] for r in records]
+    assert steps == ["PARAMETER", 1, 2, 3, []]  # settings once, each logged step, the summary
+    assert records[0]["data"]["num_train_steps"] == 3 and records[0]["data"]["dllog_path"] == str(dllog)
+    assert all({"loss", "lr", "mlm_loss", "nsp_loss"} <= set(r["data"]) for r in records[1:4])
+    assert [float(r["elapsedtime"]) for r in records] == sorted(float(r["elapsedtime"]) for r in records)
+    # bertkit's own log is there as before, with the same numbers
+    own = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "step"} for r in own] == [r["data"] for r in records[1:4]]

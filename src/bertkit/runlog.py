@@ -1,5 +1,5 @@
-"""What a training run reports: a JSON-lines log, a progress bar and TensorBoard, written on the
-main process only."""
+"""What a training run reports: a JSON-lines log, a progress bar and TensorBoard (and, with the
+seed's --dllog_path, NVIDIA dllogger's stream), written on the main process only."""
 
 from __future__ import annotations
 
@@ -9,18 +9,24 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bertkit.dllog import DLLog
+
 
 class RunLog:
     """JSON-lines log, progress bar and TensorBoard, on the main process only."""
 
     def __init__(self, path: Path | None, is_main: bool, total: int, initial: int = 0,
-                 tensorboard_dir: Path | None = None, desc: str = "train"):
+                 tensorboard_dir: Path | None = None, desc: str = "train", dllog_path: str | None = None,
+                 parameters: dict | None = None):
         self.is_main = is_main
         self.file = None
         self.bar = None
         self.tb = None
+        self.dllog = None
         if not is_main:
             return
+        if dllog_path:  # the seed's --dllog_path: dllogger's format, beside log.jsonl
+            self.dllog = DLLog(dllog_path, parameters or {})
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", buffering=1)
@@ -42,6 +48,8 @@ class RunLog:
                 self.file.write(json.dumps(rec) + "\n")
             except OSError as e:  # name the log in the error (a write to a full disk has no file name)
                 raise OSError(e.errno, e.strerror, self.file.name) from None
+        if self.dllog is not None:
+            self.dllog.log(rec.get("step", ()), {k: v for k, v in rec.items() if k != "step"})
         if self.tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -64,7 +72,12 @@ class RunLog:
         else:
             print(msg, file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self, summary: dict | None = None) -> None:
+        """`summary`: the run's final numbers, for the dllog (its step [] record)."""
+        if self.dllog is not None:
+            if summary:
+                self.dllog.log((), summary)
+            self.dllog.close()
         if self.bar is not None:
             self.bar.close()
         if self.file:

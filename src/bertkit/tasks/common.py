@@ -55,7 +55,9 @@ def add_run_flags(p) -> None:
          help="Delete checkpoints in --output_dir left by another run instead of refusing to start.")
     flag(p, "keep_checkpoints", type=int, default=3, help="Keep the newest N checkpoints (0 keeps all).")
     flag(p, "log_every", type=int, default=10, help="Log a line every N steps.")
-    flag(p, "dllog_path", default=None, help="JSON-lines log of every logged step (default: OUTPUT_DIR/log.jsonl).")
+    flag(p, "dllog_path", default=None, help=(
+        "Also log in NVIDIA dllogger's JSON stream format (`DLLL {json}` lines: the settings, every logged "
+        "step, the summary), for the seed's tooling. OUTPUT_DIR/log.jsonl is written either way."))
     flag(p, "skip_nonfinite", type=parse_bool, default=False,
          help="Skip and count steps whose loss is NaN or infinite instead of stopping.")
 
@@ -155,10 +157,12 @@ def initial_weights(init_checkpoint: str | None, do_lower_case: bool
     return read_any(src, work)
 
 
-def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int, desc: str) -> RunLog:
-    """The run's log (OUTPUT_DIR/log.jsonl unless --dllog_path), progress bar and TensorBoard."""
-    return RunLog(Path(dllog_path) if dllog_path else output_dir / "log.jsonl", d.is_main, total=total_steps,
-                  tensorboard_dir=output_dir / "tensorboard", desc=desc)
+def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int, desc: str,
+             parameters: dict | None = None) -> RunLog:
+    """The run's log (OUTPUT_DIR/log.jsonl), progress bar and TensorBoard; with --dllog_path also
+    NVIDIA dllogger's stream there, opened with the run's settings (`parameters`)."""
+    return RunLog(output_dir / "log.jsonl", d.is_main, total=total_steps, tensorboard_dir=output_dir / "tensorboard",
+                  desc=desc, dllog_path=dllog_path, parameters=parameters)
 
 
 def start_or_resume(model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],

@@ -193,7 +193,7 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
     if init_state is not None:
         load_weights(model, init_state, str(args.init_checkpoint))
 
-    log = open_log(out, args.dllog_path, d, args.num_train_steps, "pretrain")
+    log = open_log(out, args.dllog_path, d, args.num_train_steps, "pretrain", parameters=vars(args))
     ckpt = CheckpointManager(out, config, vocab_file, lowercase, run_id, args.save_checkpoints_steps,
                              args.keep_checkpoints)
     start_step, scaler_state, optimizer = 0, None, None
@@ -230,7 +230,7 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
             result["corrupt_records_skipped"] = skipped
     elif eval_fn is not None:
         result = log_evaluation(eval_fn, ddp_model, 0, log)
-    log.close()
+    log.close(result)
     write_results(out / "results.json", result, d)
     return 0
 

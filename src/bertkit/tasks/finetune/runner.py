@@ -186,7 +186,7 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
         raise BertkitError(f"{num_examples} training examples at a global batch of {global_batch} for "
                            f"{args.num_train_epochs:g} epochs make no training step")
     warmup = int(steps * args.warmup_proportion)
-    log = open_log(out, args.dllog_path, d, steps, f"finetune {run['task']}")
+    log = open_log(out, args.dllog_path, d, steps, f"finetune {run['task']}", parameters=vars(args))
     ckpt = CheckpointManager(out, s.config, s.vocab_file, s.lowercase, run, args.save_checkpoints_steps,
                              args.keep_checkpoints)
     optimizer, start, scaler_state = start_or_resume(
@@ -215,7 +215,7 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
     last = fit(net, optimizer, loss_fn, stream, loop, d, log, ckpt, start, eval_fn=eval_fn,
                grad_scaler_state=scaler_state, stop=getattr(args, "stop", None))
     seconds = time.perf_counter() - t0
-    log.close()
+    log.close({"train_seconds": round(seconds, 3), **last})
     return net, {"steps": steps, "warmup_steps": warmup, "train_seconds": round(seconds, 3),
                  "resumed_from_step": start, "global_batch": global_batch, **{f"last_{k}": v for k, v in last.items()}}
 
