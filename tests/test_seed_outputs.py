@@ -83,3 +83,21 @@ def test_pretraining_dllog_reads_back_as_dllogger_writes_it(fixture_model, tmp_p
     # bertkit's own log is there as before, with the same numbers
     own = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [{k: v for k, v in r.items() if k != "step"} for r in own] == [r["data"] for r in records[1:4]]
+
+
+def test_mrpc_eval_results_txt_as_run_classifier_writes_it(fixture_model, tmp_path):
+    data = tmp_path / "mrpc"
+    data.mkdir()
+    for split, rows in (("train", 16), ("dev", 8)):
+        lines = (DATA / "mrpc" / "glue" / f"{split}.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / f"{split}.tsv").write_text("".join(lines[:rows + 1]), encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli_main(["finetune", "--task_name=MRPC", "--do_train=true", "--do_eval=true", "--data_dir", str(data),
+                     "--init_checkpoint", str(fixture_model), "--output_dir", str(out), "--train_batch_size", "8",
+                     "--num_train_epochs", "1", "--max_seq_length", "64", "--device", "cpu"]) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    lines = (out / "eval_results.txt").read_text().splitlines()
+    assert [line.split(" = ")[0] for line in lines] == ["eval_accuracy", "eval_loss", "global_step", "loss"]
+    values = dict(line.split(" = ") for line in lines)
+    assert float(values["eval_accuracy"]) == results["accuracy"] and float(values["eval_loss"]) == results["loss"]
+    assert values["global_step"] == "2"  # 16 pairs, batch 8, one epoch

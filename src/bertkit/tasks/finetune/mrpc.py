@@ -3,6 +3,8 @@ flags. Reads GLUE's train/dev/test.tsv or Microsoft's msr_paraphrase_*.txt from 
 fetches them when the folder has none). Writes, in --output_dir:
 
 - `ckpt-<step>/`: the fine-tuned model (a bertkit checkpoint with its classifier);
+- `eval_results.txt` (--do_eval): the same as Google's run_classifier.py writes it (`key = value`
+  lines: eval_accuracy, eval_loss, global_step, loss), for scripts written for the seed;
 - `eval_results.json` (--do_eval, on the dev split): accuracy, f1, precision, recall (of the
   paraphrase class), loss (mean cross-entropy), examples;
 - `eval_predictions.tsv`: index, predicted label and probability of a paraphrase for each dev pair;
@@ -124,6 +126,7 @@ def run(args) -> int:
             out.mkdir(parents=True, exist_ok=True)
             write_eval_predictions(out / "eval_predictions.tsv", examples["dev"], logits)
             write_json(out / "eval_results.json", results)
+            write_google_eval_results(out / "eval_results.txt", results, summary["steps"] if args.do_train else 0)
     if args.do_predict:
         logits = np.stack(infer(net, features["test"], collate, logit_rows, args.eval_batch_size, d,
                                 args.precision))
@@ -133,6 +136,17 @@ def run(args) -> int:
     if d.is_main:
         print(json.dumps(results))
     return 0
+
+
+def write_google_eval_results(path: Path, results: dict, global_step: int) -> None:
+    """Google's run_classifier.py eval_results.txt, which scripts written for the seed read: sorted
+    `key = value` lines of eval_accuracy, eval_loss (mean cross-entropy per pair), global_step (the
+    steps trained in this run; 0 when only evaluating) and loss. (The Estimator's `loss` is the mean
+    of its batches' losses; bertkit's evaluation batches are cut by length, so it is the same mean
+    per pair here.)"""
+    google = {"eval_accuracy": results["accuracy"], "eval_loss": results["loss"], "global_step": global_step,
+              "loss": results["loss"]}
+    write_atomic(path, "".join(f"{k} = {v}\n" for k, v in sorted(google.items())).encode())
 
 
 def write_eval_predictions(path: Path, examples, logits: np.ndarray) -> None:
