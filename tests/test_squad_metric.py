@@ -92,11 +92,11 @@ def test_v2_scores_by_hand():
     preds = {qid: p for qid, _, p in V2}
     got = m.evaluate(data, preds)
     f1_h2 = 2 * 1 * 0.5 / 1.5
-    assert got["exact_match"] == pytest.approx(100.0 * 2 / 5, abs=1e-9)
+    assert got["exact"] == pytest.approx(100.0 * 2 / 5, abs=1e-9)
     assert got["f1"] == pytest.approx(100.0 * (1 + f1_h2 + 1) / 5, abs=1e-9)
-    assert got["HasAns_exact_match"] == pytest.approx(100.0 * 1 / 3, abs=1e-9)
+    assert got["HasAns_exact"] == pytest.approx(100.0 * 1 / 3, abs=1e-9)
     assert got["HasAns_f1"] == pytest.approx(100.0 * (f1_h2 + 1) / 3, abs=1e-9)
-    assert got["NoAns_exact_match"] == pytest.approx(50.0, abs=1e-9) == got["NoAns_f1"]
+    assert got["NoAns_exact"] == pytest.approx(50.0, abs=1e-9) == got["NoAns_f1"]
     assert (got["HasAns_total"], got["NoAns_total"]) == (3, 2)
 
 
@@ -107,15 +107,15 @@ def test_v2_no_answer_threshold_and_best_threshold():
     got = m.evaluate(data, preds, na, na_prob_thresh=0.5)
     # Above 0.5: h3 (answerable) now counts as answered "" -> 0, n2 (unanswerable) -> 1.
     # Exact: n1 1, n2 1, h1 0, h2 0, h3 0. F1: the same but h2 keeps its 2/3.
-    assert got["exact_match"] == pytest.approx(40.0, abs=1e-9)
+    assert got["exact"] == pytest.approx(40.0, abs=1e-9)
     assert got["f1"] == pytest.approx(100.0 * (2 + 2 / 3) / 5, abs=1e-9)
     # Best threshold, as the official v2.0 script walks it: start with every unanswerable question
     # right (2), then admit questions by rising probability: n1 +0 (answered ""), h1 +0, h2 +0
     # (exact) or +2/3 (F1), h3 +1, n2 -1 (answered but unanswerable).
     # Exact: 2, 2, 2, 3 (at 0.7), 2 -> best 3 of 5 at 0.7.
     # F1: 2, 2, 2 2/3, 3 2/3 (at 0.7), 2 2/3 -> best 3 2/3 of 5 at 0.7.
-    assert got["best_exact_match"] == pytest.approx(60.0, abs=1e-9)
-    assert got["best_exact_match_thresh"] == 0.7
+    assert got["best_exact"] == pytest.approx(60.0, abs=1e-9)
+    assert got["best_exact_thresh"] == 0.7
     assert got["best_f1"] == pytest.approx(100.0 * (3 + 2 / 3) / 5, abs=1e-9)
     assert got["best_f1_thresh"] == 0.7
 
@@ -128,6 +128,7 @@ def test_cli_prints_scores_and_warns_about_missing(tmp_path, capsys):
     assert cli(["squad-eval", str(data), str(preds), "--out-file", str(out)]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
+    assert list(printed) == ["exact_match", "f1"]  # what the official v1.1 script prints
     assert printed["exact_match"] == pytest.approx(40.0, abs=1e-9)
     assert printed["f1"] == pytest.approx(100.0 * (4 + 0.8 + 0.8 + 2 / 3) / 10, abs=1e-9)
     assert "1 of 10 questions have no prediction" in captured.err
@@ -142,8 +143,14 @@ def test_cli_v2_with_null_odds(tmp_path, capsys):
     assert cli(["squad-eval", str(data), str(preds), "--na-prob-file", str(odds),
                 "--na-prob-thresh", "0.5"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["exact_match"] == pytest.approx(40.0, abs=1e-9)
-    assert printed["NoAns_exact_match"] == pytest.approx(100.0, abs=1e-9)
+    # the official v2.0 script's names, in its order
+    assert list(printed) == ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact",
+                             "NoAns_f1", "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
+    assert printed["exact"] == pytest.approx(40.0, abs=1e-9)
+    assert printed["NoAns_exact"] == pytest.approx(100.0, abs=1e-9)
+    # its short options -n, -t, -o
+    assert cli(["squad-eval", str(data), str(preds), "-n", str(odds), "-t", "0.5", "-o", str(tmp_path / "o.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == printed == json.loads((tmp_path / "o.json").read_text())
 
 
 @pytest.mark.parametrize("data_text, pred_text, message", [

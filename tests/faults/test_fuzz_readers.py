@@ -222,7 +222,8 @@ def test_squad_eval(tmp_path, data, preds, na, thresh):
     assert "Traceback" not in err.getvalue()
     if code == 0:
         result = json.loads(out.getvalue())
-        assert 0 <= result["exact_match"] <= 100 and 0 <= result["f1"] <= 100
+        exact = result["exact"] if "exact" in result else result["exact_match"]  # v2.0's name, v1.1's
+        assert 0 <= exact <= 100 and 0 <= result["f1"] <= 100
 
 
 # ---- TFRecord ----------------------------------------------------------------------------------

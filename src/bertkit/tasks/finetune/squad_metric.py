@@ -89,9 +89,11 @@ def evaluate(data: object, predictions: dict[str, str], na_probs: dict[str, floa
              na_prob_thresh: float = 1.0, source: str = "dataset") -> dict[str, float]:
     """Score `predictions` (question id -> answer text) against a parsed SQuAD file.
 
-    Returns {"exact_match", "f1", "total", "missing"}; for v2.0 data also the HasAns_/NoAns_
-    breakdown, and with `na_probs` the best no-answer thresholds ("best_exact_match",
-    "best_exact_match_thresh", "best_f1", "best_f1_thresh", as the official v2.0 script finds them).
+    Returns {"exact_match", "f1", "total", "missing"} for v1.1 data. For v2.0 data (with
+    unanswerable questions) the keys are those the official v2.0 script prints: "exact", "f1",
+    "total", the HasAns_/NoAns_ breakdown ("HasAns_exact", "HasAns_f1", "HasAns_total", ...), and
+    with `na_probs` the best no-answer thresholds ("best_exact", "best_exact_thresh", "best_f1",
+    "best_f1_thresh"); and "missing".
     """
     questions = _questions(data, source)
     version_2 = any(not has for _, _, has in questions)
@@ -129,6 +131,8 @@ def evaluate(data: object, predictions: dict[str, str], na_probs: dict[str, floa
             for key, raw in (("exact_match", raw_exact), ("f1", raw_f1)):
                 best, thresh = _best_threshold(predictions, raw, na_probs, has)
                 result[f"best_{key}"], result[f"best_{key}_thresh"] = best, thresh
+        # The official v2.0 script says "exact" where v1.1's says "exact_match".
+        result = {k.replace("exact_match", "exact"): v for k, v in result.items()}
     return result
 
 
@@ -169,14 +173,16 @@ def _best_threshold(predictions, scores, na_probs, has_answer) -> tuple[float, f
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="bertkit squad-eval", description=(
         "Score SQuAD predictions with the official definitions (v1.1; v2.0 when the data has "
-        "unanswerable questions). Prints a JSON object with exact_match and f1 (percentages)."))
+        "unanswerable questions). Prints a JSON object named as the official script of the version prints "
+        "it: v1.1 exact_match and f1; v2.0 exact, f1, total, HasAns_*, NoAns_* and, given null odds, "
+        "best_exact, best_exact_thresh, best_f1, best_f1_thresh (percentages)."))
     p.add_argument("data_file", metavar="DATA_JSON", help="The SQuAD data file (dev-v1.1.json, dev-v2.0.json).")
     p.add_argument("pred_file", metavar="PREDICTIONS_JSON", help="Question id -> answer text (predictions.json).")
-    p.add_argument("--na-prob-file", "--na_prob_file", dest="na_prob_file",
+    p.add_argument("--na-prob-file", "-n", "--na_prob_file", dest="na_prob_file",
                    help="Question id -> no-answer probability or null odds (null_odds.json); v2.0 only.")
-    p.add_argument("--na-prob-thresh", "--na_prob_thresh", dest="na_prob_thresh", type=float, default=1.0,
+    p.add_argument("--na-prob-thresh", "-t", "--na_prob_thresh", dest="na_prob_thresh", type=float, default=1.0,
                    help="Predict no answer where the no-answer probability exceeds this (default 1.0).")
-    p.add_argument("--out-file", "--out_file", dest="out_file", help="Also write the scores to this JSON file.")
+    p.add_argument("--out-file", "-o", "--out_file", dest="out_file", help="Also write the scores to this JSON file.")
     args = p.parse_args(argv)
 
     data = load_json(args.data_file)
@@ -199,7 +205,8 @@ def main(argv: list[str]) -> int:
     if result["missing"]:
         print(f"squad-eval: warning: {result['missing']} of {result['total']} questions have no "
               "prediction and score 0", file=sys.stderr)
-    out = {k: v for k, v in result.items() if k != "missing"}
+    version_2 = "exact" in result
+    out = {k: v for k, v in result.items() if k != "missing" and (version_2 or k in ("exact_match", "f1"))}
     text = json.dumps(out)
     print(text)
     if args.out_file:
