@@ -272,7 +272,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "bertkit"
 
 
 def main(argv: list[str]) -> int:
-    from bertkit.flags import ArgumentParser
+    from bertkit.flags import ArgumentParser, flag, parse_bool
 
     p = ArgumentParser(prog="bertkit convert", description=(
         "Convert a BERT checkpoint. SRC may be a Google checkpoint zip, folder or prefix (bert_config.json, "
@@ -282,7 +282,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--output", "-o", required=True, help="Folder to write; replaced atomically.")
     p.add_argument("--format", choices=("bertkit", "hf"), default="bertkit",
                    help="bertkit (default) or hf (loadable by transformers).")
-    p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
+    flag(p, "overwrite", type=parse_bool, default=False,
+         help="Replace --output if it exists (`--overwrite` or `--overwrite true`, as in every command).")
     args = p.parse_args(argv)
     if Path(args.output).exists() and not args.overwrite:
         raise BertkitError(f"{args.output}: already exists (pass --overwrite to replace it)")

@@ -25,14 +25,19 @@ def read_log(path: str | Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    from bertkit.flags import ArgumentParser
+    from bertkit.flags import ArgumentParser, flag, parse_bool
 
     p = ArgumentParser(prog="bertkit plot", description=__doc__)
     p.add_argument("logs", nargs="+", help="log.jsonl files of training runs.")
     p.add_argument("-o", "--output", default="curve.png", help="Image to write (PNG, SVG or PDF).")
     p.add_argument("--keys", nargs="+", default=["loss", "mlm_loss", "eval_mlm_loss", "eval_loss"],
                    help="Fields to draw where present.")
+    flag(p, "overwrite", type=parse_bool, default=True, help=(
+        "Replace --output if it exists (default; `--overwrite false` refuses to). Takes the forms of every "
+        "command: `--overwrite`, `--overwrite true`."))
     args = p.parse_args(argv)
+    if Path(args.output).exists() and not args.overwrite:
+        raise BertkitError(f"{args.output}: already exists (--overwrite false was given)")
     try:
         import matplotlib
         matplotlib.use("Agg")

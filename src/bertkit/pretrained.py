@@ -12,7 +12,7 @@ from bertkit import BertkitError
 from bertkit.config import BertConfig, variant
 from bertkit.convert import convert
 from bertkit.fetch import fetch
-from bertkit.flags import ArgumentParser
+from bertkit.flags import ArgumentParser, flag, parse_bool
 
 
 GOOGLE_BASE = "https://storage.googleapis.com/bert_models/"
@@ -83,7 +83,8 @@ def main(argv: list[str]) -> int:
                    help=f"model name or variant: {', '.join(f'{n} ({v})' for n, (_, v) in GOOGLE_MODELS.items())}")
     p.add_argument("--output", "-o", help="Folder to write (default: ./NAME).")
     p.add_argument("--cache", help="Where the zip is kept (default: $BERTKIT_CACHE or ~/.cache/bertkit).")
-    p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
+    flag(p, "overwrite", type=parse_bool, default=False,
+         help="Replace --output if it exists (`--overwrite` or `--overwrite true`, as in every command).")
     args = p.parse_args(argv)
     base_url = None
     if len(args.args) == 1:
