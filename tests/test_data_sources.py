@@ -167,3 +167,18 @@ def test_extracting_something_that_is_not_a_dump(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "junk.xml" in err[0]
     assert not (tmp_path / "out").exists()  # nothing half-made
+
+
+def test_offline_names_a_lasting_place_for_the_sha1_list_and_the_next_run_uses_it(server, tmp_path, capsys):
+    out = tmp_path / "download"
+    assert bertkit(["data", "download", "-o", str(out), "--wiki-url", f"http://127.0.0.1:9/{DUMP_NAME}"]) == 2
+    err = capsys.readouterr().err
+    place = out / "wikicorpus_en" / "enwiki-latest-sha1sums.txt"
+    assert f"place it at {place})" in err  # in the workdir, not a temporary folder
+    # The user fetches the list elsewhere and puts it there; the next run takes it from there.
+    place.parent.mkdir(parents=True, exist_ok=True)
+    place.write_bytes(server.files["enwiki-latest-sha1sums.txt"])
+    del server.files["enwiki-latest-sha1sums.txt"]
+    assert bertkit(["data", "download", "-o", str(out), "--wiki-url", f"{server.url}/{DUMP_NAME}"]) == 0
+    assert [name for name, _ in server.log] == [DUMP_NAME]  # the list was not fetched again
+    assert (out / "wikicorpus_en" / f"{DUMP_NAME}.sha1").is_file()  # and the dump was checked against it

@@ -45,19 +45,21 @@ def download_wikipedia(folder: str | os.PathLike, url: str = WIKI_URL, sha1_url:
     if dest.exists() and stamp.exists() and stamp.read_text().split()[1:2] == [str(dest.stat().st_size)]:
         return dest
     expected = None
+    sums = None
     if sha1_url:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                sums = fetch(sha1_url, Path(tmp) / "sha1sums.txt", desc="sha1sums")
-            except BertkitError as e:
-                if "HTTP" not in str(e):
-                    raise  # offline: the dump cannot be had either
-                sums = None  # a mirror without the list
-            lines = sums.read_text(encoding="utf-8", errors="replace").splitlines() if sums else []
-            for line in lines:
-                parts = line.split()
-                if len(parts) == 2 and parts[1] == name:
-                    expected = parts[0].lower()
+        # Kept beside the dump under its own name: offline, the error names this lasting place, where a
+        # list fetched by hand is found (and used) by the next run.
+        sums_path = folder / sha1_url.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            sums = fetch(sha1_url, sums_path, desc="sha1sums")
+        except BertkitError as e:
+            if "HTTP" not in str(e):
+                raise  # offline: the dump cannot be had either
+        lines = sums.read_text(encoding="utf-8", errors="replace").splitlines() if sums else []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == name:
+                expected = parts[0].lower()
         if expected is None:
             print(f"bertkit: {sha1_url} lists no SHA-1 for {name}; the dump is not checked", file=sys.stderr)
     path = fetch(url, dest, desc=name)
@@ -65,6 +67,7 @@ def download_wikipedia(folder: str | os.PathLike, url: str = WIKI_URL, sha1_url:
         digest = file_digest(path, "sha1")
         if digest != expected:
             path.unlink()
+            sums.unlink()  # may list an older dump: the next run fetches both anew
             raise BertkitError(f"{url}: the download's SHA-1 {digest} is not Wikimedia's {expected} "
                                "(a newer dump may have appeared meanwhile); deleted, run again")
         stamp.write_text(f"{digest} {path.stat().st_size}\n")
