@@ -101,3 +101,25 @@ def test_mrpc_eval_results_txt_as_run_classifier_writes_it(fixture_model, tmp_pa
     values = dict(line.split(" = ") for line in lines)
     assert float(values["eval_accuracy"]) == results["accuracy"] and float(values["eval_loss"]) == results["loss"]
     assert values["global_step"] == "2"  # 16 pairs, batch 8, one epoch
+
+
+def test_resumed_pretraining_progress_starts_at_the_resumed_step(fixture_model, tmp_path, monkeypatch):
+    from bertkit import runlog
+
+    shown = []
+    original = runlog.RunLog.advance
+
+    def advance(self, n=1):
+        shown.append(n)
+        original(self, n)
+
+    monkeypatch.setattr(runlog.RunLog, "advance", advance)
+    argv = ["pretrain", "--input_files_dir", str(FIXTURES / "pretrain_seq128.tfrecord"), "--init_checkpoint",
+            str(fixture_model), "--output_dir", str(tmp_path / "out"), "--train_batch_size", "2",
+            "--max_seq_length", "128", "--max_predictions_per_seq", "20", "--num_warmup_steps", "0",
+            "--learning_rate", "1e-3", "--device", "cpu"]
+    assert cli_main([*argv, "--num_train_steps", "2"]) == 0
+    assert shown == [1, 1]
+    shown.clear()
+    assert cli_main([*argv, "--num_train_steps", "3"]) == 0  # resumes at step 2
+    assert shown == [2, 1]  # the bar jumps to 2 before the first new step
