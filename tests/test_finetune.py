@@ -380,4 +380,16 @@ def test_unset_flags_take_the_recipe_of_the_model_size():
 
     assert chosen("small") == (2e-4, 5.0, 16, 0.8)  # 4 x 512: 12.6M encoder parameters
     assert chosen("base") == (5e-5, 3.0, 32, 1.0)  # run_classifier.py's defaults
-    assert chosen("small", "--train_batch_size", "32", "--learning_rate", "1e-4") == (1e-4, 5.0, 32, 0.8)
+    # A learning rate given keeps Google's meaning: one rate for every layer, Google's batch; the
+    # recipe's extras apply only when their own flags ask for them.
+    assert chosen("small", "--learning_rate", "2e-5") == (2e-5, 5.0, 32, 1.0)
+    assert chosen("small", "--train_batch_size", "32", "--learning_rate", "1e-4") == (1e-4, 5.0, 32, 1.0)
+    assert chosen("small", "--learning_rate", "2e-5", "--layerwise_lr_decay", "0.8", "--train_batch_size", "16") \
+        == (2e-5, 5.0, 16, 0.8)
+    said = []
+    args = mrpc_task.parser().parse_args(["--data_dir", "x", "--output_dir", "y", "--learning_rate", "2e-5"])
+    choose_recipe(args, "mrpc", variant("small"), log=said.append)
+    assert said[-1] == ("--learning_rate 2e-05 given: one rate for every layer, as in Google's scripts; the "
+                        "small-model recipe's layerwise_lr_decay 0.8 and train_batch_size 16 apply only when "
+                        "their own flags ask for them")
+    assert "layerwise_lr_decay 1.0" in said[0] and "train_batch_size 32" in said[0]  # what was applied

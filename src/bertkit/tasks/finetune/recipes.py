@@ -36,13 +36,27 @@ def encoder_params(config: BertConfig) -> int:
 
 
 def choose_recipe(args, task: str, config: BertConfig, log: Callable[[str], None] = print) -> None:
-    """Fill the optimisation flags left unset from the task's recipe for this model size."""
+    """Fill the optimisation flags left unset from the task's recipe for this model size.
+
+    A learning rate given on the command line keeps Google's meaning, one rate for every layer: the
+    small-model recipe's extras that change what that rate does (layer-wise decay, and the batch
+    size it was tuned with) then take Google's values unless their own flags ask for them."""
     small = encoder_params(config) < SMALL_MODEL_PARAMS
     recipe = (SMALL if small else GOOGLE)[task]
     unset = [k for k in ("learning_rate", "num_train_epochs", "warmup_proportion", "layerwise_lr_decay",
                          "group_by_length", "train_batch_size") if getattr(args, k) is None]
+    rate_given, kept_google = args.learning_rate is not None, []
     for k in unset:
-        setattr(args, k, getattr(recipe, k))
+        if rate_given and k in ("layerwise_lr_decay", "train_batch_size") and \
+                getattr(recipe, k) != getattr(GOOGLE[task], k):
+            kept_google.append(f"{k} {getattr(recipe, k)}")
+            recipe_k = GOOGLE[task]
+        else:
+            recipe_k = recipe
+        setattr(args, k, getattr(recipe_k, k))
     if unset and args.do_train:
         log(f"recipe ({'small-model' if small else 'Google'} defaults for {task}): "
             + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
+    if kept_google and args.do_train:
+        log(f"--learning_rate {args.learning_rate:g} given: one rate for every layer, as in Google's scripts; "
+            f"the small-model recipe's {' and '.join(kept_google)} apply only when their own flags ask for them")

@@ -52,8 +52,9 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
     flag(p, "eval_batch_size", type=int, default=32, help="Sequences per evaluation batch, per process.")
     flag(p, "predict_batch_size", dest="eval_batch_size", type=int, help="Same as --eval_batch_size (run_squad.py's name).")
     flag(p, "learning_rate", type=float, default=None, help=(
-        f"Peak AdamW learning rate (default {g.learning_rate:g}; for encoders under "
-        f"{SMALL_MODEL_PARAMS // 10**6}M parameters, the small-model recipe)."))
+        f"Peak AdamW learning rate, one for every layer as in Google's scripts (default {g.learning_rate:g}; "
+        f"for encoders under {SMALL_MODEL_PARAMS // 10**6}M parameters, the small-model recipe, whose layer-wise "
+        "decay and batch size apply with it only when this flag is left out)."))
     flag(p, "num_train_epochs", type=float, default=None, help=(
         f"Passes over the training examples (default {g.num_train_epochs:g}, or the small-model recipe); "
         "steps = int(examples / global batch * epochs), as Google computes them."))
