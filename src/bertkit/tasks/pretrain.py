@@ -46,7 +46,9 @@ def parser() -> ArgumentParser:
         "Start from these weights (fresh optimizer and schedule, as phase 2 starts from phase 1): a bertkit "
         "checkpoint folder, a training output folder (its newest checkpoint) or its OUTPUT_DIR/model.ckpt-N (step N, "
         "TensorFlow's name), a Google checkpoint (zip, folder or prefix .../bert_model.ckpt) or a Hugging Face folder."))
-    flag(p, "vocab_file", default=None, help="vocab.txt (default: the init checkpoint's, else Google's uncased vocab).")
+    flag(p, "vocab_file", default=None, help=(
+        "vocab.txt (default: the init checkpoint's, the dataset's, the one beside --bert_config_file, else Google's "
+        "uncased vocab)."))
     flag(p, "do_lower_case", type=parse_bool, default=True, help="The vocabulary is uncased (stored with checkpoints).")
     flag(p, "train_batch_size", type=int, default=32, help="Sequences per micro-batch, per process.")
     flag(p, "eval_batch_size", type=int, default=8, help="Sequences per evaluation batch, per process.")
@@ -165,7 +167,12 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
         raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
     data_vocab = Path(args.input_files_dir) / "vocab.txt"  # a bertkit dataset records its vocab
     data_vocab = data_vocab if data_vocab.is_file() else None
-    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or data_vocab or vocab_path())
+    # Google's checkpoint folders hold vocab.txt beside bert_config.json (the seed's run_pretraining.py
+    # examples name only the config): that vocabulary, before the bundled one.
+    config_vocab = Path(args.bert_config_file).parent / "vocab.txt" \
+        if args.bert_config_file and Path(args.bert_config_file).is_file() else None
+    config_vocab = config_vocab if config_vocab is not None and config_vocab.is_file() else None
+    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or data_vocab or config_vocab or vocab_path())
     vocab = load_vocab(vocab_file)
     if data_vocab is not None and load_vocab(data_vocab) != vocab:
         raise BertkitError(f"{args.input_files_dir} was made with another vocabulary than {vocab_file}")
