@@ -64,13 +64,6 @@ def test_last_layer_gradients_are_ready_before_the_backward_reaches_the_embeddin
     assert unwrap(model).bert.layers[0]._compiled_call_impl is not None
 
 
-def test_one_graph_for_the_whole_model_would_hold_every_gradient_to_the_end():
-    """The order parallelize() avoids, seen by the same probe: the test above can fail."""
-    model = torch.compile(BertForPreTraining(TINY).eval(), backend="aot_eager")
-    events = gradient_order(model)
-    assert events.index("embeddings") < events.index("last layer"), events
-
-
 def test_tf32_is_on_by_default_and_the_flag_turns_it_off():
     from bertkit.distributed import set_tf32
     from bertkit.tasks.pretrain import parser
