@@ -91,6 +91,17 @@ def test_mrpc_outputs_and_scores(mrpc_run, mrpc_dir):
     assert evals[-1]["eval_accuracy"] == results["accuracy"] and evals[-1]["eval_f1"] == results["f1"]
 
 
+def test_run_records_its_resolved_settings(mrpc_run):
+    """run.json holds the settings the run actually took: the flags given, and the recipe's values
+    for those left out (the fixture is a small model: the small-model recipe, but the learning rate
+    given keeps one rate for every layer)."""
+    settings = json.loads((mrpc_run / "run.json").read_text())["settings"]
+    assert (settings["learning_rate"], settings["train_batch_size"], settings["max_seq_length"]) == (1e-3, 8, 128)
+    assert (settings["num_train_epochs"], settings["layerwise_lr_decay"], settings["warmup_proportion"]) == (1.0, 1.0, 0.1)
+    assert (settings["task"], settings["precision"], settings["device"], settings["unpad"]) == ("mrpc", "fp32", "cpu", True)
+    assert settings["output_dir"] == str(mrpc_run) and settings["init_checkpoint"].endswith("model")
+
+
 def test_fine_tuned_classifier_agrees_with_transformers(mrpc_run, mrpc_dir, tmp_path, monkeypatch):
     """The saved checkpoint, exported and run by transformers with its own tokenizer, gives the
     probabilities that eval_predictions.tsv holds."""
@@ -371,12 +382,16 @@ def test_unset_flags_take_the_recipe_of_the_model_size():
     Google's above; a flag given keeps its value."""
     from bertkit.config import variant
     from bertkit.tasks.finetune import mrpc as mrpc_task
-    from bertkit.tasks.finetune.recipes import choose_recipe
+    from bertkit.tasks.finetune.runner import FinetuneSettings
+
+    def settings(model: str, *argv: str) -> FinetuneSettings:
+        args = mrpc_task.parser().parse_args(["--data_dir", "x", "--output_dir", "y", "--bert_config_file", model,
+                                              *argv])
+        return FinetuneSettings.from_args(args, "MRPC")
 
     def chosen(model: str, *argv: str):
-        args = mrpc_task.parser().parse_args(["--data_dir", "x", "--output_dir", "y", *argv])
-        choose_recipe(args, "mrpc", variant(model), log=lambda msg: None)
-        return args.learning_rate, args.num_train_epochs, args.train_batch_size, args.layerwise_lr_decay
+        s = settings(model, *argv).resolved(variant(model), log=lambda msg: None)
+        return s.learning_rate, s.num_train_epochs, s.train_batch_size, s.layerwise_lr_decay
 
     assert chosen("small") == (2e-4, 5.0, 16, 0.8)  # 4 x 512: 12.6M encoder parameters
     assert chosen("base") == (5e-5, 3.0, 32, 1.0)  # run_classifier.py's defaults
@@ -387,8 +402,7 @@ def test_unset_flags_take_the_recipe_of_the_model_size():
     assert chosen("small", "--learning_rate", "2e-5", "--layerwise_lr_decay", "0.8", "--train_batch_size", "16") \
         == (2e-5, 5.0, 16, 0.8)
     said = []
-    args = mrpc_task.parser().parse_args(["--data_dir", "x", "--output_dir", "y", "--learning_rate", "2e-5"])
-    choose_recipe(args, "mrpc", variant("small"), log=said.append)
+    settings("small", "--learning_rate", "2e-5").resolved(variant("small"), log=said.append)
     assert said[-1] == ("--learning_rate 2e-05 given: one rate for every layer, as in Google's scripts; the "
                         "small-model recipe's layerwise_lr_decay 0.8 and train_batch_size 16 apply only when "
                         "their own flags ask for them")

@@ -87,12 +87,12 @@ def padded_batches(root, steps: int, batch_size: int = 4) -> int:
     """How many of the run's first batches have padding (the run's own stream and collate)."""
     from bertkit.data.pretraining import collate
     from bertkit.stream import Stream
-    from bertkit.tasks.pretrain import _dataset, drop_full_mask, parser
+    from bertkit.tasks.pretrain import PretrainSettings, dataset, drop_full_mask, parser
     from bertkit.tokenizer import load_vocab
 
-    a = parser().parse_args(args(root, "unused"))
-    data = _dataset(str(root / "data"), a, load_vocab(root / "data" / "vocab.txt"))
-    stream = Stream(data, batch_size, lambda s: drop_full_mask(collate(s, 10)), seed=a.seed)
+    s = PretrainSettings.from_args(parser().parse_args(args(root, "unused")))
+    data = dataset(str(root / "data"), s, load_vocab(root / "data" / "vocab.txt"))
+    stream = Stream(data, batch_size, lambda items: drop_full_mask(collate(items, 10)), seed=s.run.seed)
     return sum(stream.batch(i)["input_mask"] is not None for i in range(steps))
 
 

@@ -180,7 +180,8 @@ def test_finetune_flag_reaches_the_model(flags, on):
     from bertkit.tasks.finetune import runner as ft
     from bertkit.tasks.finetune.mrpc import parser
 
-    args = parser().parse_args(["--output_dir=unused", "--data_dir=unused", *flags])
+    args = parser().parse_args(["--output_dir=unused", "--data_dir=unused", "--bert_config_file=tiny", *flags])
     assert args.unpad is on
-    model = ft.build(BertForSequenceClassification(TINY), SimpleNamespace(state=None), args)
+    settings = ft.FinetuneSettings.from_args(args, "MRPC")
+    model = ft.build(BertForSequenceClassification(TINY), SimpleNamespace(state=None, settings=settings))
     assert model.bert.unpad is on

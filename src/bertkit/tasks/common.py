@@ -1,16 +1,22 @@
-"""What every training task shares: the flags for precision, device, seed and outputs; the output
-folder's rules (resume the same run, refuse to overwrite another); loading initial weights; the
-start of a training run (log, resume, optimizer, processes) and its end (results, SIGTERM)."""
+"""What every training task shares: the run flags and their typed settings (`RunSettings`), the
+model to start from (`ModelSettings`, `resolve_model`); the output folder's rules (resume the same
+run, refuse to overwrite another); the start of a training run (log, resume, optimizer) and its end
+(results written, SIGTERM).
+
+A command parses its flags into its own settings dataclass (holding these two) and stops using the
+argparse namespace there: everything below it takes the typed settings."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,15 +24,16 @@ from torch import nn
 
 from bertkit import BertkitError
 from bertkit.checkpoint import OPTIMIZER, latest_checkpoint, list_checkpoints
-from bertkit.config import BertConfig
+from bertkit.config import VARIANTS, BertConfig, resolve
+from bertkit.data.bundled import vocab_path
 from bertkit.convert import read_any
 from bertkit.distributed import Dist, shutdown
 from bertkit.flags import PRECISIONS, flag, parse_bool
 from bertkit.io import os_error_message, write_json
 from bertkit.ranks import env_ranks
 from bertkit.runlog import RunLog
+from bertkit.tokenizer import load_vocab
 from bertkit.train import CheckpointManager, StopFlag, Stopped
-
 
 
 def add_run_flags(p) -> None:
@@ -60,6 +67,69 @@ def add_run_flags(p) -> None:
         "step, the summary), for the seed's tooling. OUTPUT_DIR/log.jsonl is written either way."))
     flag(p, "skip_nonfinite", type=parse_bool, default=False,
          help="Skip and count steps whose loss is NaN or infinite instead of stopping.")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a training command runs, from the flags `add_run_flags` adds (see their help)."""
+
+    output_dir: Path
+    precision: str = "fp32"
+    fp32_modules: tuple[str, ...] = ()  # module-name patterns kept in fp32 (from --bf16_config_path)
+    device: str = "auto"
+    seed: int = 12345
+    compile: bool = False
+    tf32: bool = True
+    unpad: bool = True
+    resume: bool = True
+    overwrite: bool = False
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    dllog_path: str | None = None
+    skip_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise BertkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.keep_checkpoints < 0:
+            raise BertkitError(f"--keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        if self.log_every < 1:
+            raise BertkitError(f"--log_every must be >= 1, got {self.log_every}")
+
+    @classmethod
+    def from_args(cls, args, default_precision: str = "fp32") -> RunSettings:
+        precision = args.precision or default_precision
+        return cls(Path(args.output_dir), precision, fp32_patterns(args.bf16_config_path, precision), args.device,
+                   args.seed, args.compile, args.tf32, args.unpad, args.resume, args.overwrite,
+                   args.keep_checkpoints, args.log_every, args.dllog_path, args.skip_nonfinite)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model a task starts from: --bert_config_file, --init_checkpoint, --vocab_file,
+    --do_lower_case (None: what the checkpoint records)."""
+
+    bert_config_file: str | None = None  # bert_config.json or a variant name
+    init_checkpoint: str | None = None
+    vocab_file: str | None = None
+    do_lower_case: bool | None = None
+
+    @classmethod
+    def from_args(cls, args) -> ModelSettings:
+        return cls(args.bert_config_file, args.init_checkpoint, args.vocab_file, args.do_lower_case)
+
+
+def settings_record(settings) -> dict:
+    """A settings dataclass as one flat JSON-able dict (nested settings inlined), as the run's
+    outputs record it (run.json's "settings", the dllog's PARAMETER line)."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(settings_record(value))
+        else:
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def fp32_patterns(path: str | None, precision: str) -> tuple[str, ...]:
@@ -121,7 +191,7 @@ def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: boo
 
 
 # Settings that may change between a run and its resumption.
-VOLATILE = {"num_train_steps", "save_checkpoints_steps", "log_every", "keep_checkpoints", "dllog_path",
+VOLATILE = {"settings", "num_train_steps", "save_checkpoints_steps", "log_every", "keep_checkpoints", "dllog_path",
             "do_eval", "eval_files_dir", "eval_batch_size", "max_eval_steps", "compile", "device", "tf32"}
 
 
@@ -157,6 +227,44 @@ def initial_weights(init_checkpoint: str | None, do_lower_case: bool
     return read_any(src, work)
 
 
+@dataclass
+class StartingModel:
+    """The model a task builds: its shape, initial weights (or None), vocabulary and casing."""
+
+    config: BertConfig
+    state: dict | None
+    vocab_file: Path
+    lowercase: bool
+
+
+def resolve_model(m: ModelSettings, max_seq_length: int, more_vocabs: tuple[Path | None, ...] = ()
+                  ) -> StartingModel:
+    """The shape, weights and vocabulary a task starts from, checked against each other: the
+    config is --bert_config_file's, else the checkpoint's; the vocabulary is --vocab_file, else the
+    checkpoint's, else the first of `more_vocabs` that exists, else Google's uncased one. A variant
+    name takes the vocabulary's size."""
+    init_config, state, init_vocab, lowercase = initial_weights(m.init_checkpoint, True)
+    if m.do_lower_case is not None:
+        lowercase = m.do_lower_case
+    config = resolve(m.bert_config_file) if m.bert_config_file else init_config
+    if config is None:
+        raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
+    found = [v for v in (init_vocab, *more_vocabs) if v is not None and v.is_file()]
+    vocab_file = Path(m.vocab_file) if m.vocab_file else (found[0] if found else vocab_path())
+    tokens = len(load_vocab(vocab_file))
+    if m.bert_config_file in VARIANTS and tokens != config.vocab_size:
+        config = dataclasses.replace(config, vocab_size=tokens)
+    if tokens != config.vocab_size:
+        raise BertkitError(f"{vocab_file}: {tokens} tokens, but the model has vocab_size {config.vocab_size}")
+    if init_config is not None and config != init_config:
+        raise BertkitError(f"--bert_config_file {m.bert_config_file} describes another model shape than "
+                           f"--init_checkpoint {m.init_checkpoint}")
+    if max_seq_length > config.max_position_embeddings:
+        raise BertkitError(f"--max_seq_length {max_seq_length} exceeds the model's "
+                           f"max_position_embeddings {config.max_position_embeddings}")
+    return StartingModel(config, state, vocab_file, lowercase)
+
+
 def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int, desc: str,
              parameters: dict | None = None) -> RunLog:
     """The run's log (OUTPUT_DIR/log.jsonl), progress bar and TensorBoard; with --dllog_path also
@@ -166,12 +274,15 @@ def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int
 
 
 def start_or_resume(model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                    ckpt: CheckpointManager, resume: bool, overwrite: bool, d: Dist, log: RunLog
+                    ckpt: CheckpointManager, settings, d: Dist, log: RunLog
                     ) -> tuple[torch.optim.Optimizer, int, dict | None]:
-    """Apply the output folder's rules, then either start fresh or load the newest checkpoint of
-    this run into `model` and the optimizer: (optimizer, first step, grad-scaler state). The model
-    is on its device when the optimizer is made."""
-    resume_from = prepare_output_dir(ckpt.output_dir, ckpt.run, resume, overwrite, d.is_main, log=log.print)
+    """Apply the output folder's rules (OUTPUT_DIR/run.json then records the run and its resolved
+    `settings`, a command's settings dataclass), then either start fresh or load the newest
+    checkpoint of this run into `model` and the optimizer: (optimizer, first step, grad-scaler
+    state). The model is on its device when the optimizer is made."""
+    run = {**ckpt.run, "settings": settings_record(settings)}
+    resume_from = prepare_output_dir(ckpt.output_dir, run, settings.run.resume, settings.run.overwrite, d.is_main,
+                                     log=log.print)
     start, optimizer_state, scaler_state = 0, None, None
     if resume_from is not None:
         start, optimizer_state, scaler_state = ckpt.load(resume_from, model)

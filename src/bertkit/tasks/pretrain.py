@@ -10,6 +10,7 @@ seed's run_pretraining.py. One process per device; for many, start it with torch
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,7 @@ import torch.nn.functional as F
 
 from bertkit import BertkitError
 from bertkit.checkpoint import load_weights
-from bertkit.config import VARIANTS, BertConfig, resolve
-from bertkit.data.bundled import vocab_path
+from bertkit.config import VARIANTS
 from bertkit.data.masking import word_starts
 from bertkit.data.pretraining import PretrainingDataset, collate
 from bertkit.distributed import Dist, init, parallelize
@@ -28,8 +28,8 @@ from bertkit.model import BertForPreTraining
 from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_optimizer
 from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
-from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
-                                  start_or_resume, write_results)
+from bertkit.tasks.common import (ModelSettings, RunSettings, add_run_flags, open_log, resolve_model, run_command,
+                                  settings_record, start_or_resume, write_results)
 from bertkit.tokenizer import load_vocab
 from bertkit.train import CheckpointManager, LoopConfig, StopFlag, fit, infer, log_evaluation
 
@@ -49,7 +49,8 @@ def parser() -> ArgumentParser:
     flag(p, "vocab_file", default=None, help=(
         "vocab.txt (default: the init checkpoint's, the dataset's, the one beside --bert_config_file, else Google's "
         "uncased vocab)."))
-    flag(p, "do_lower_case", type=parse_bool, default=True, help="The vocabulary is uncased (stored with checkpoints).")
+    flag(p, "do_lower_case", type=parse_bool, default=None,
+         help="The vocabulary is uncased (stored with checkpoints; default: the init checkpoint's, else true).")
     flag(p, "train_batch_size", type=int, default=32, help="Sequences per micro-batch, per process.")
     flag(p, "eval_batch_size", type=int, default=8, help="Sequences per evaluation batch, per process.")
     flag(p, "max_seq_length", type=int, default=128, help="Longest sequence. Must match data generation.")
@@ -107,133 +108,145 @@ def drop_full_mask(batch: dict) -> dict:
     return batch
 
 
+@dataclass(frozen=True)
+class PretrainSettings:
+    """`bertkit pretrain`'s settings, from its flags (same names, see their help), checked together
+    before any work starts and recorded in OUTPUT_DIR/run.json."""
+
+    input_files_dir: str
+    eval_files_dir: str | None
+    train_batch_size: int
+    eval_batch_size: int
+    max_seq_length: int
+    max_predictions_per_seq: int
+    num_train_steps: int
+    num_accumulation_steps: int
+    num_warmup_steps: int
+    learning_rate: float
+    poly_power: float
+    optimizer: str
+    weight_decay: float
+    save_checkpoints_steps: int
+    do_train: bool
+    do_eval: bool
+    max_eval_steps: int
+    eval_every: int
+    masked_lm_prob: float | None
+    whole_word_mask: bool
+    skip_corrupt_records: bool
+    allreduce_post_accumulation: bool
+    model: ModelSettings
+    run: RunSettings
+
+    def __post_init__(self) -> None:
+        for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "max_predictions_per_seq",
+                     "num_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise BertkitError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_warmup_steps < 0 or self.num_train_steps < 0:
+            raise BertkitError("--num_warmup_steps and --num_train_steps must be >= 0")
+        if self.masked_lm_prob is not None and not 0 < self.masked_lm_prob < 1:
+            raise BertkitError(f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+        if self.learning_rate <= 0:
+            raise BertkitError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.do_eval and not self.eval_files_dir:
+            raise BertkitError("--do_eval needs --eval_files_dir")
+        if not self.do_train and not self.do_eval:
+            raise BertkitError("nothing to do: give --do_train or --do_eval")
+        for name, needed in (("input_files_dir", self.do_train), ("eval_files_dir", self.do_eval)):
+            if needed and not Path(getattr(self, name)).exists():  # before any model is built
+                raise BertkitError(f"--{name}: {getattr(self, name)}: no such file or folder")
+
+    @classmethod
+    def from_args(cls, args) -> PretrainSettings:
+        if args.model_variant and args.bert_config_file:
+            raise BertkitError("give --bert_config_file or --model_variant, not both")
+        model = ModelSettings(args.bert_config_file or args.model_variant, args.init_checkpoint, args.vocab_file,
+                              args.do_lower_case)
+        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("model", "run")}
+        return cls(**own, model=model, run=RunSettings.from_args(args, "fp16" if args.amp else "fp32"))
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    return run(args)
-
-
-def _dataset(path: str, args, vocab: dict) -> PretrainingDataset:
-    return PretrainingDataset(path, args.max_seq_length, args.max_predictions_per_seq, len(vocab),
-                              (vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], vocab["[PAD]"]),
-                              seed=args.seed, masked_lm_prob=args.masked_lm_prob,
-                              whole_word_mask=args.whole_word_mask, skip_corrupt=args.skip_corrupt_records,
-                              word_start=word_starts(sorted(vocab, key=vocab.__getitem__)) if args.whole_word_mask
-                              else None)
-
-
-def validate(args) -> None:
-    """Check the flags together before any work starts."""
-    if args.amp and args.precision is None:
-        args.precision = "fp16"
-    args.precision = args.precision or "fp32"
-    if args.model_variant and args.bert_config_file:
-        raise BertkitError("give --bert_config_file or --model_variant, not both")
-    args.bert_config_file = args.bert_config_file or args.model_variant
-    for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "max_predictions_per_seq",
-                 "num_accumulation_steps"):
-        if getattr(args, name) < 1:
-            raise BertkitError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.num_warmup_steps < 0 or args.num_train_steps < 0:
-        raise BertkitError("--num_warmup_steps and --num_train_steps must be >= 0")
-    if args.masked_lm_prob is not None and not 0 < args.masked_lm_prob < 1:
-        raise BertkitError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
-    if args.learning_rate <= 0:
-        raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if args.do_eval and not args.eval_files_dir:
-        raise BertkitError("--do_eval needs --eval_files_dir")
-    if not args.do_train and not args.do_eval:
-        raise BertkitError("nothing to do: give --do_train or --do_eval")
-    for name, needed in (("input_files_dir", args.do_train), ("eval_files_dir", args.do_eval)):
-        if needed and not Path(getattr(args, name)).exists():  # before any model is built
-            raise BertkitError(f"--{name}: {getattr(args, name)}: no such file or folder")
-    note = long_warmup_note(args.num_warmup_steps, args.num_train_steps)
-    if note and args.do_train and env_ranks()[0] == 0:
+    s = PretrainSettings.from_args(args)
+    note = long_warmup_note(s.num_warmup_steps, s.num_train_steps)
+    if note and s.do_train and env_ranks()[0] == 0:
         print(note, file=sys.stderr)
     if args.use_xla:
         print("note: --use_xla is a TensorFlow option; bertkit's equivalent is --compile", file=sys.stderr)
+    return run_command(lambda stop: train_and_evaluate(s, init(s.run.device, tf32=s.run.tf32), stop), s.run.output_dir)
 
 
-def run(args) -> int:
-    validate(args)
-    patterns = fp32_patterns(args.bf16_config_path, args.precision)
-    return run_command(lambda stop: _run(args, init(args.device, tf32=args.tf32), patterns, stop), args.output_dir)
+def dataset(path: str, s: PretrainSettings, vocab: dict) -> PretrainingDataset:
+    return PretrainingDataset(path, s.max_seq_length, s.max_predictions_per_seq, len(vocab),
+                              (vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], vocab["[PAD]"]),
+                              seed=s.run.seed, masked_lm_prob=s.masked_lm_prob,
+                              whole_word_mask=s.whole_word_mask, skip_corrupt=s.skip_corrupt_records,
+                              word_start=word_starts(sorted(vocab, key=vocab.__getitem__)) if s.whole_word_mask
+                              else None)
 
 
-def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
-    out = Path(args.output_dir)
-    init_config, init_state, init_vocab, lowercase = initial_weights(args.init_checkpoint, args.do_lower_case)
-    config = resolve(args.bert_config_file) if args.bert_config_file else init_config
-    if config is None:
-        raise BertkitError("give --bert_config_file (a file or variant name) or --init_checkpoint")
-    data_vocab = Path(args.input_files_dir) / "vocab.txt"  # a bertkit dataset records its vocab
-    data_vocab = data_vocab if data_vocab.is_file() else None
+def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
+    run, out = s.run, s.run.output_dir
+    data_vocab = Path(s.input_files_dir) / "vocab.txt"  # a bertkit dataset records its vocab
     # Google's checkpoint folders hold vocab.txt beside bert_config.json (the seed's run_pretraining.py
     # examples name only the config): that vocabulary, before the bundled one.
-    config_vocab = Path(args.bert_config_file).parent / "vocab.txt" \
-        if args.bert_config_file and Path(args.bert_config_file).is_file() else None
-    config_vocab = config_vocab if config_vocab is not None and config_vocab.is_file() else None
-    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or data_vocab or config_vocab or vocab_path())
-    vocab = load_vocab(vocab_file)
-    if data_vocab is not None and load_vocab(data_vocab) != vocab:
-        raise BertkitError(f"{args.input_files_dir} was made with another vocabulary than {vocab_file}")
-    if args.bert_config_file in VARIANTS and len(vocab) != config.vocab_size:
-        config = BertConfig(**{**config.to_dict(), "vocab_size": len(vocab)})
-    if len(vocab) != config.vocab_size:
-        raise BertkitError(f"{vocab_file}: {len(vocab)} tokens, but the config says vocab_size {config.vocab_size}")
-    if init_config is not None and init_config != config:
-        raise BertkitError(f"--init_checkpoint {args.init_checkpoint} has another model shape than --bert_config_file")
-    if args.max_seq_length > config.max_position_embeddings:
-        raise BertkitError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
-                           f"max_position_embeddings {config.max_position_embeddings}")
+    config_vocab = Path(s.model.bert_config_file).parent / "vocab.txt" \
+        if s.model.bert_config_file and Path(s.model.bert_config_file).is_file() else None
+    m = resolve_model(s.model, s.max_seq_length, (data_vocab, config_vocab))
+    vocab = load_vocab(m.vocab_file)
+    if data_vocab.is_file() and load_vocab(data_vocab) != vocab:
+        raise BertkitError(f"{s.input_files_dir} was made with another vocabulary than {m.vocab_file}")
 
-    global_batch = args.train_batch_size * args.num_accumulation_steps * d.world_size
-    run_id = {"task": "pretrain", "config": config.to_dict(), "input_files_dir": str(args.input_files_dir),
-              "train_batch_size": args.train_batch_size, "global_batch": global_batch,
-              "max_seq_length": args.max_seq_length, "max_predictions_per_seq": args.max_predictions_per_seq,
-              "learning_rate": args.learning_rate, "num_warmup_steps": args.num_warmup_steps,
-              "optimizer": args.optimizer, "poly_power": args.poly_power, "seed": args.seed,
-              "precision": args.precision, "init_checkpoint": args.init_checkpoint,
-              "num_train_steps": args.num_train_steps}
-    torch.manual_seed(args.seed)  # the same initial weights on every rank and in every run
-    model = BertForPreTraining(config)
-    model.bert.unpad = args.unpad
-    if init_state is not None:
-        load_weights(model, init_state, str(args.init_checkpoint))
+    global_batch = s.train_batch_size * s.num_accumulation_steps * d.world_size
+    run_id = {"task": "pretrain", "config": m.config.to_dict(), "input_files_dir": str(s.input_files_dir),
+              "train_batch_size": s.train_batch_size, "global_batch": global_batch,
+              "max_seq_length": s.max_seq_length, "max_predictions_per_seq": s.max_predictions_per_seq,
+              "learning_rate": s.learning_rate, "num_warmup_steps": s.num_warmup_steps,
+              "optimizer": s.optimizer, "poly_power": s.poly_power, "seed": run.seed,
+              "precision": run.precision, "init_checkpoint": s.model.init_checkpoint,
+              "num_train_steps": s.num_train_steps}
+    torch.manual_seed(run.seed)  # the same initial weights on every rank and in every run
+    model = BertForPreTraining(m.config)
+    model.bert.unpad = run.unpad
+    if m.state is not None:
+        load_weights(model, m.state, str(s.model.init_checkpoint))
 
-    log = open_log(out, args.dllog_path, d, args.num_train_steps, "pretrain", parameters=vars(args))
-    ckpt = CheckpointManager(out, config, vocab_file, lowercase, run_id, args.save_checkpoints_steps,
-                             args.keep_checkpoints)
+    log = open_log(out, run.dllog_path, d, s.num_train_steps, "pretrain", parameters=settings_record(s))
+    ckpt = CheckpointManager(out, m.config, m.vocab_file, m.lowercase, run_id, s.save_checkpoints_steps,
+                             run.keep_checkpoints)
     start_step, scaler_state, optimizer = 0, None, None
-    if args.do_train:
+    if s.do_train:
         optimizer, start_step, scaler_state = start_or_resume(
-            model, lambda m: make_optimizer(args.optimizer, m, lr=args.learning_rate, weight_decay=args.weight_decay),
-            ckpt, args.resume, args.overwrite, d, log)
-    ddp_model = parallelize(model, d, compile=args.compile)
-    log.print(f"pretraining {config.num_hidden_layers}L/{config.hidden_size}H on {d.world_size} process(es), "
-              f"{d.device.type}, {args.precision}; global batch {global_batch} = {args.train_batch_size} per "
-              f"process x {args.num_accumulation_steps} accumulation x {d.world_size} process(es)")
+            model, lambda net: make_optimizer(s.optimizer, net, lr=s.learning_rate, weight_decay=s.weight_decay),
+            ckpt, s, d, log)
+    ddp_model = parallelize(model, d, compile=run.compile)
+    log.print(f"pretraining {m.config.num_hidden_layers}L/{m.config.hidden_size}H on {d.world_size} process(es), "
+              f"{d.device.type}, {run.precision}; global batch {global_batch} = {s.train_batch_size} per "
+              f"process x {s.num_accumulation_steps} accumulation x {d.world_size} process(es)")
 
     eval_fn = None
-    if args.do_eval:
-        eval_data = _dataset(args.eval_files_dir, args, vocab)
-        eval_fn = lambda m: evaluate(m, eval_data, args, d)  # noqa: E731
+    if s.do_eval:
+        eval_data = dataset(s.eval_files_dir, s, vocab)
+        eval_fn = lambda net: evaluate(net, eval_data, s, d)  # noqa: E731
     result: dict = {}
-    if args.do_train:
-        train_data = _dataset(args.input_files_dir, args, vocab)
-        stream = Stream(train_data, args.train_batch_size,
-                        lambda s: drop_full_mask(collate(s, args.max_predictions_per_seq)), seed=args.seed,
+    if s.do_train:
+        train_data = dataset(s.input_files_dir, s, vocab)
+        stream = Stream(train_data, s.train_batch_size,
+                        lambda items: drop_full_mask(collate(items, s.max_predictions_per_seq)), seed=run.seed,
                         rank=d.rank, world_size=d.world_size)
-        loop = LoopConfig(total_steps=args.num_train_steps, lr=args.learning_rate,
-                          schedule=WarmupPolyDecay(args.num_warmup_steps, args.num_train_steps, args.poly_power),
-                          accumulation=args.num_accumulation_steps, precision=args.precision,
-                          log_every=args.log_every, seed=args.seed, eval_every=args.eval_every,
-                          sync_each_micro_step=not args.allreduce_post_accumulation,
-                          skip_nonfinite=args.skip_nonfinite, fp32_modules=patterns)
+        loop = LoopConfig(total_steps=s.num_train_steps, lr=s.learning_rate,
+                          schedule=WarmupPolyDecay(s.num_warmup_steps, s.num_train_steps, s.poly_power),
+                          accumulation=s.num_accumulation_steps, precision=run.precision,
+                          log_every=run.log_every, seed=run.seed, eval_every=s.eval_every,
+                          sync_each_micro_step=not s.allreduce_post_accumulation,
+                          skip_nonfinite=run.skip_nonfinite, fp32_modules=run.fp32_modules)
         result = fit(ddp_model, optimizer, pretraining_loss, stream, loop, d, log, ckpt, start_step, eval_fn,
                      scaler_state, stop)
         skipped = getattr(train_data, "corrupt_skipped", 0)
         if skipped:
-            log.print(f"skipped {skipped} corrupt record(s) in {args.input_files_dir}")
+            log.print(f"skipped {skipped} corrupt record(s) in {s.input_files_dir}")
             result["corrupt_records_skipped"] = skipped
     elif eval_fn is not None:
         result = log_evaluation(eval_fn, ddp_model, 0, log)
@@ -242,13 +255,13 @@ def _run(args, d: Dist, patterns: tuple[str, ...], stop: StopFlag) -> int:
     return 0
 
 
-def evaluate(model, data, args, d: Dist) -> dict:
+def evaluate(model, data, s: PretrainSettings, d: Dist) -> dict:
     """Masked-LM accuracy and loss, next-sentence accuracy over the first batches of the evaluation
     set (fixed masks), through `infer`: the same numbers whatever the number of ranks."""
     data.set_epoch(0)
-    items = [data[i] for i in range(min(len(data), args.max_eval_steps * args.eval_batch_size))]
-    rows = infer(model, items, lambda s: collate(s, args.max_predictions_per_seq), evaluation_rows,
-                 args.eval_batch_size, d, args.precision, length=lambda item: len(item["input_ids"]))
+    items = [data[i] for i in range(min(len(data), s.max_eval_steps * s.eval_batch_size))]
+    rows = infer(model, items, lambda batch: collate(batch, s.max_predictions_per_seq), evaluation_rows,
+                 s.eval_batch_size, d, s.run.precision, length=lambda item: len(item["input_ids"]))
     correct, loss, count, nsp_correct = np.sum(rows, axis=0) if rows else np.zeros(4)
     return {"mlm_accuracy": correct / max(count, 1), "mlm_loss": loss / max(count, 1),
             "nsp_accuracy": nsp_correct / max(len(rows), 1), "sequences": len(rows)}

@@ -31,7 +31,8 @@ from bertkit.io import write_atomic, write_json
 from bertkit.model import BertForSequenceClassification
 from bertkit.tasks.finetune import mrpc_data as mrpc
 from bertkit.tasks.finetune import runner as ft
-from bertkit.train import infer
+from bertkit.tasks.common import run_command
+from bertkit.train import StopFlag, infer
 
 
 def parser() -> ArgumentParser:
@@ -51,12 +52,12 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    ft.check_flags(args, "MRPC")
+    fs = ft.FinetuneSettings.from_args(args, "MRPC")
     if not (args.do_train or args.do_eval or args.do_predict):
         raise BertkitError("nothing to do: give --do_train, --do_eval or --do_predict")
     if args.eval_every < 0 or (args.eval_every and not (args.do_train and args.do_eval)):
         raise BertkitError("--eval_every needs --do_train and --do_eval, and must be >= 0")
-    return ft.run_main(args, run)
+    return run_command(lambda stop: run(args, fs, stop), fs.run.output_dir)
 
 
 def classification_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -80,7 +81,8 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {**result, "loss": float(-logp[np.arange(len(labels)), labels].mean()), "examples": len(labels)}
 
 
-def run(args) -> int:
+def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
+    """The MRPC command's work: `args` for its own flags (data, splits), `fs` for the shared ones."""
     files = mrpc.find_mrpc(args.data_dir)  # fetched when absent (offline: one clear error)
     needed = [split for split, flag_ in (("train", args.do_train), ("dev", args.do_eval),
                                          ("test", args.do_predict)) if flag_]
@@ -92,29 +94,29 @@ def run(args) -> int:
         if split in examples and any(ex.label is None for ex in examples[split]):
             raise BertkitError(f"{files[split]}: the {split} split needs labels (a Quality column)")
 
-    s = ft.setup(args, "mrpc")
-    d = s.d
-    out = Path(args.output_dir)
-    torch.manual_seed(args.seed)  # the classifier's initialisation, the same on every rank
-    model = ft.build(BertForSequenceClassification(s.config, num_labels=2), s, args)
+    s = ft.setup(fs)
+    d, fs = s.d, s.settings
+    out = fs.run.output_dir
+    torch.manual_seed(fs.run.seed)  # the classifier's initialisation, the same on every rank
+    model = ft.build(BertForSequenceClassification(s.config, num_labels=2), s)
     # Padding to a multiple of 8 suits GPU matrix units; on a CPU it is only extra work.
     multiple = 8 if d.device.type != "cpu" else None
     collate = functools.partial(mrpc.collate, pad_id=s.tokenizer.pad_id, pad_to_multiple_of=multiple)
-    features = {split: mrpc.make_features(exs, s.tokenizer, args.max_seq_length) for split, exs in examples.items()}
+    features = {split: mrpc.make_features(exs, s.tokenizer, fs.max_seq_length) for split, exs in examples.items()}
 
     labels = np.array([ex.label for ex in examples["dev"]]) if args.do_eval else None
 
     def dev_scores(net) -> tuple[np.ndarray, dict]:
-        logits = np.stack(infer(net, features["dev"], collate, logit_rows, args.eval_batch_size, d,
-                                args.precision))  # (N, 2)
+        logits = np.stack(infer(net, features["dev"], collate, logit_rows, fs.eval_batch_size, d,
+                                fs.run.precision))  # (N, 2)
         return logits, scores(logits, labels)
 
     net = model
     if args.do_train:
-        run_id = ft.run_id(args, "mrpc", s, {"train_file": files["train"]})
+        run_id = ft.run_id(s, {"train_file": files["train"]})
         eval_fn = (lambda m: dev_scores(m)[1]) if args.eval_every else None
         net, summary = ft.train(model, features["train"], collate, classification_loss, len(features["train"]),
-                                args, s, run_id, eval_fn, args.eval_every)
+                                s, run_id, stop, eval_fn, args.eval_every)
         if d.is_main:
             write_json(out / "train_results.json", summary)
     else:
@@ -128,8 +130,8 @@ def run(args) -> int:
             write_json(out / "eval_results.json", results)
             write_google_eval_results(out / "eval_results.txt", results, summary["steps"] if args.do_train else 0)
     if args.do_predict:
-        logits = np.stack(infer(net, features["test"], collate, logit_rows, args.eval_batch_size, d,
-                                args.precision))
+        logits = np.stack(infer(net, features["test"], collate, logit_rows, fs.eval_batch_size, d,
+                                fs.run.precision))
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
             mrpc.write_predictions(out / "MRPC.tsv", examples["test"], logits.argmax(-1).tolist())

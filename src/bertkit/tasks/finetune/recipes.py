@@ -34,29 +34,33 @@ def encoder_params(config: BertConfig) -> int:
     return config.num_hidden_layers * (4 * H * H + 2 * H * I + 9 * H + I)
 
 
+RECIPE_FIELDS = ("learning_rate", "num_train_epochs", "warmup_proportion", "layerwise_lr_decay", "group_by_length",
+                 "train_batch_size")
 
-def choose_recipe(args, task: str, config: BertConfig, log: Callable[[str], None] = print) -> None:
-    """Fill the optimisation flags left unset from the task's recipe for this model size.
+
+def choose_recipe(settings, config: BertConfig, log: Callable[[str], None] = print) -> dict:
+    """The values of the optimisation settings left unset (None), from the task's recipe for this
+    model size (`settings.task`, mrpc or squad).
 
     A learning rate given on the command line keeps Google's meaning, one rate for every layer: the
     small-model recipe's extras that change what that rate does (layer-wise decay, and the batch
     size it was tuned with) then take Google's values unless their own flags ask for them."""
+    task = settings.task
     small = encoder_params(config) < SMALL_MODEL_PARAMS
     recipe = (SMALL if small else GOOGLE)[task]
-    unset = [k for k in ("learning_rate", "num_train_epochs", "warmup_proportion", "layerwise_lr_decay",
-                         "group_by_length", "train_batch_size") if getattr(args, k) is None]
-    rate_given, kept_google = args.learning_rate is not None, []
+    unset = [k for k in RECIPE_FIELDS if getattr(settings, k) is None]
+    rate_given, kept_google, chosen = settings.learning_rate is not None, [], {}
     for k in unset:
         if rate_given and k in ("layerwise_lr_decay", "train_batch_size") and \
                 getattr(recipe, k) != getattr(GOOGLE[task], k):
             kept_google.append(f"{k} {getattr(recipe, k)}")
-            recipe_k = GOOGLE[task]
+            chosen[k] = getattr(GOOGLE[task], k)
         else:
-            recipe_k = recipe
-        setattr(args, k, getattr(recipe_k, k))
-    if unset and args.do_train:
+            chosen[k] = getattr(recipe, k)
+    if unset and settings.do_train:
         log(f"recipe ({'small-model' if small else 'Google'} defaults for {task}): "
-            + ", ".join(f"{k} {getattr(args, k)}" for k in unset))
-    if kept_google and args.do_train:
-        log(f"--learning_rate {args.learning_rate:g} given: one rate for every layer, as in Google's scripts; "
+            + ", ".join(f"{k} {v}" for k, v in chosen.items()))
+    if kept_google and settings.do_train:
+        log(f"--learning_rate {settings.learning_rate:g} given: one rate for every layer, as in Google's scripts; "
             f"the small-model recipe's {' and '.join(kept_google)} apply only when their own flags ask for them")
+    return chosen

@@ -1,12 +1,13 @@
-"""What the fine-tuning tasks share: their common flags, the model and processes (`setup`, `build`),
-training with the one loop (`train`), evaluation over all ranks (`infer`), and the SIGTERM-aware
-entry (`run_main`)."""
+"""What the fine-tuning tasks share: their common flags and typed settings (`FinetuneSettings`), the
+model, recipe and processes (`setup`, `build`), and training with the one loop (`train`). A task
+evaluates with `train.infer` and runs as a command under `tasks.common.run_command`."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,15 +16,14 @@ from torch import nn
 
 from bertkit import BertkitError
 from bertkit.checkpoint import load_weights
-from bertkit.config import VARIANTS, BertConfig, resolve
-from bertkit.data.bundled import vocab_path
+from bertkit.config import VARIANTS, BertConfig
 from bertkit.distributed import Dist, init, parallelize
 from bertkit.flags import flag, parse_bool
 from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_finetune_optimizer
 from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
-from bertkit.tasks.common import (add_run_flags, fp32_patterns, initial_weights, open_log, run_command,
-                                  start_or_resume)
+from bertkit.tasks.common import (ModelSettings, RunSettings, add_run_flags, open_log, resolve_model,
+                                  settings_record, start_or_resume)
 from bertkit.tasks.finetune.batching import length_grouped_order
 from bertkit.tasks.finetune.recipes import GOOGLE, SMALL_MODEL_PARAMS, choose_recipe
 from bertkit.tokenizer import WordPiece
@@ -79,27 +79,57 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
     add_run_flags(p)
 
 
-def check_flags(args, task: str) -> None:
-    """What the shared flags must satisfy, checked before any work starts. `task`: MRPC or SQuAD."""
-    if args.task_name.lower() != task.lower():
-        raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes {task}")
-    args.precision = args.precision or "fp32"
-    for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "save_checkpoints_steps"):
-        value = getattr(args, name)  # None: left to the recipe
-        if value is not None and value < 1:
-            raise BertkitError(f"--{name} must be >= 1, got {value}")
-    if args.learning_rate is not None and not args.learning_rate > 0:
-        raise BertkitError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if args.num_train_epochs is not None and not args.num_train_epochs > 0:
-        raise BertkitError(f"--num_train_epochs must be > 0, got {args.num_train_epochs}")
-    if args.warmup_proportion is not None and not args.warmup_proportion >= 0:  # over 1: a note, as in pretraining
-        raise BertkitError(f"--warmup_proportion must be >= 0, got {args.warmup_proportion}")
-    if args.layerwise_lr_decay is not None and not 0 < args.layerwise_lr_decay <= 1:
-        raise BertkitError(f"--layerwise_lr_decay must be in (0, 1], got {args.layerwise_lr_decay}")
-    if args.weight_decay < 0 or args.max_grad_norm < 0:
-        raise BertkitError("--weight_decay and --max_grad_norm must be >= 0")
-    if not args.init_checkpoint and not args.bert_config_file:
-        raise BertkitError("give --init_checkpoint (pretrained weights) or --bert_config_file")
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """What MRPC and SQuAD fine-tuning share, from the flags `add_flags` adds (same names, see their
+    help), checked before any work starts. The optimisation settings left None take the recipe
+    (`resolved`); the resolved settings are recorded in OUTPUT_DIR/run.json."""
+
+    task: str  # mrpc or squad
+    max_seq_length: int
+    train_batch_size: int | None
+    eval_batch_size: int
+    learning_rate: float | None
+    num_train_epochs: float | None
+    warmup_proportion: float | None
+    layerwise_lr_decay: float | None
+    weight_decay: float
+    max_grad_norm: float
+    group_by_length: bool | None
+    do_train: bool
+    save_checkpoints_steps: int
+    model: ModelSettings
+    run: RunSettings
+
+    def __post_init__(self) -> None:
+        for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "save_checkpoints_steps"):
+            value = getattr(self, name)  # None: left to the recipe
+            if value is not None and value < 1:
+                raise BertkitError(f"--{name} must be >= 1, got {value}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise BertkitError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.num_train_epochs is not None and not self.num_train_epochs > 0:
+            raise BertkitError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.warmup_proportion is not None and not self.warmup_proportion >= 0:  # over 1: a note, as in pretraining
+            raise BertkitError(f"--warmup_proportion must be >= 0, got {self.warmup_proportion}")
+        if self.layerwise_lr_decay is not None and not 0 < self.layerwise_lr_decay <= 1:
+            raise BertkitError(f"--layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise BertkitError("--weight_decay and --max_grad_norm must be >= 0")
+        if not self.model.init_checkpoint and not self.model.bert_config_file:
+            raise BertkitError("give --init_checkpoint (pretrained weights) or --bert_config_file")
+
+    @classmethod
+    def from_args(cls, args, task: str) -> FinetuneSettings:
+        """The settings of a task's parsed flags; `task` as the messages name it (MRPC, SQuAD)."""
+        if args.task_name.lower() != task.lower():
+            raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes {task}")
+        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("task", "model", "run")}
+        return cls(task.lower(), **own, model=ModelSettings.from_args(args), run=RunSettings.from_args(args))
+
+    def resolved(self, config: BertConfig, log: Callable[[str], None]) -> FinetuneSettings:
+        """These settings with the recipe's values where they were left unset."""
+        return dataclasses.replace(self, **choose_recipe(self, config, log))
 
 
 def say(msg: str) -> None:
@@ -111,6 +141,7 @@ def say(msg: str) -> None:
 @dataclass
 class Setup:
     d: Dist
+    settings: FinetuneSettings  # with the recipe's values filled in
     config: BertConfig
     state: dict | None  # initial weights (bertkit names), or None to start from random ones
     vocab_file: Path
@@ -118,53 +149,40 @@ class Setup:
     tokenizer: WordPiece
 
 
-def setup(args, task: str, log=say) -> Setup:
-    """Resolve the model shape, weights and vocabulary, then join the process group."""
-    init_config, state, init_vocab, lowercase = initial_weights(args.init_checkpoint, True)
-    config = resolve(args.bert_config_file) if args.bert_config_file else init_config
-    if init_config is not None and config != init_config:
-        raise BertkitError(f"--bert_config_file {args.bert_config_file} describes another model shape than "
-                           f"--init_checkpoint {args.init_checkpoint}")
-    vocab_file = Path(args.vocab_file) if args.vocab_file else (init_vocab or vocab_path())
-    if not vocab_file.is_file():
-        raise BertkitError(f"--vocab_file: {vocab_file}: no such file")
-    if args.do_lower_case is not None:
-        lowercase = args.do_lower_case
-    tokenizer = WordPiece(vocab_file, lowercase=lowercase)
-    if len(tokenizer.vocab) != config.vocab_size:
-        raise BertkitError(f"{vocab_file}: {len(tokenizer.vocab)} tokens, but the model has vocab_size "
-                           f"{config.vocab_size}")
-    if args.max_seq_length > config.max_position_embeddings:
-        raise BertkitError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
-                           f"max_position_embeddings {config.max_position_embeddings}")
-    if state is None:
+def setup(fs: FinetuneSettings, log=say) -> Setup:
+    """Resolve the model shape, weights, vocabulary and recipe, then join the process group."""
+    m = resolve_model(fs.model, fs.max_seq_length)
+    if m.state is None:
         log("warning: no --init_checkpoint: fine-tuning starts from random weights")
-    choose_recipe(args, task, config, log)
-    d = init(args.device, tf32=args.tf32)
-    return Setup(d, config, state, vocab_file, lowercase, tokenizer)
+    fs = fs.resolved(m.config, log)
+    d = init(fs.run.device, tf32=fs.run.tf32)
+    return Setup(d, fs, m.config, m.state, m.vocab_file, m.lowercase, WordPiece(m.vocab_file, lowercase=m.lowercase))
 
 
-def build(model: nn.Module, s: Setup, args, log=say) -> nn.Module:
+def build(model: nn.Module, st: Setup, log=say) -> nn.Module:
     """Load the initial weights into `model` (a task head over the encoder); report fresh heads."""
-    model.bert.unpad = args.unpad
-    if s.state is not None:
-        fresh = load_weights(model, s.state, str(args.init_checkpoint))
+    fs = st.settings
+    model.bert.unpad = fs.run.unpad
+    if st.state is not None:
+        fresh = load_weights(model, st.state, str(fs.model.init_checkpoint))
         heads = [k for k in fresh if not k.startswith("bert.")]
-        if heads and not args.do_train:
-            log(f"warning: {args.init_checkpoint} has no trained task head ({', '.join(heads)}): "
+        if heads and not fs.do_train:
+            log(f"warning: {fs.model.init_checkpoint} has no trained task head ({', '.join(heads)}): "
                 "evaluating a randomly initialised head")
         elif fresh:
             log(f"initialised fresh: {', '.join(fresh)}")
     return model
 
 
-def run_id(args, task: str, s: Setup, files: dict) -> dict:
+def run_id(st: Setup, files: dict) -> dict:
     """What makes two runs the same run (a resume must match it)."""
+    fs = st.settings
     keys = ("max_seq_length", "train_batch_size", "learning_rate", "num_train_epochs", "warmup_proportion",
-            "layerwise_lr_decay", "weight_decay", "max_grad_norm", "group_by_length", "seed", "precision",
-            "init_checkpoint", "do_lower_case")
-    return {"task": task, "config": s.config.to_dict(), "world_size": s.d.world_size,
-            **{k: getattr(args, k) for k in keys}, **{k: str(v) for k, v in files.items()}}
+            "layerwise_lr_decay", "weight_decay", "max_grad_norm", "group_by_length")
+    return {"task": fs.task, "config": st.config.to_dict(), "world_size": st.d.world_size,
+            **{k: getattr(fs, k) for k in keys}, "seed": fs.run.seed, "precision": fs.run.precision,
+            "init_checkpoint": fs.model.init_checkpoint, "do_lower_case": fs.model.do_lower_case,
+            **{k: str(v) for k, v in files.items()}}
 
 
 def train_steps(num_examples: int, global_batch: int, epochs: float) -> int:
@@ -173,59 +191,48 @@ def train_steps(num_examples: int, global_batch: int, epochs: float) -> int:
 
 
 def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Callable, num_examples: int,
-          args, s: Setup, run: dict, eval_fn: Callable | None = None, eval_every: int = 0
+          st: Setup, run: dict, stop: StopFlag, eval_fn: Callable | None = None, eval_every: int = 0
           ) -> tuple[nn.Module, dict]:
     """Fine-tune `model` on `features` (a list the collate function batches) with the one training
     loop; the checkpoint at the end goes to --output_dir. With `eval_fn`, the model is also scored
     every `eval_every` steps (into the log). Returns the model (wrapped for the processes) and a
     summary: steps, seconds spent training, the last logged record."""
-    d = s.d
-    out = Path(args.output_dir)
-    global_batch = args.train_batch_size * d.world_size
-    steps = train_steps(num_examples, global_batch, args.num_train_epochs)
+    d, fs, rs = st.d, st.settings, st.settings.run
+    global_batch = fs.train_batch_size * d.world_size
+    steps = train_steps(num_examples, global_batch, fs.num_train_epochs)
     if steps < 1:
         raise BertkitError(f"{num_examples} training examples at a global batch of {global_batch} for "
-                           f"{args.num_train_epochs:g} epochs make no training step")
-    warmup = int(steps * args.warmup_proportion)
-    log = open_log(out, args.dllog_path, d, steps, f"finetune {run['task']}", parameters=vars(args))
-    ckpt = CheckpointManager(out, s.config, s.vocab_file, s.lowercase, run, args.save_checkpoints_steps,
-                             args.keep_checkpoints)
+                           f"{fs.num_train_epochs:g} epochs make no training step")
+    warmup = int(steps * fs.warmup_proportion)
+    log = open_log(rs.output_dir, rs.dllog_path, d, steps, f"finetune {fs.task}", parameters=settings_record(fs))
+    ckpt = CheckpointManager(rs.output_dir, st.config, st.vocab_file, st.lowercase, run, fs.save_checkpoints_steps,
+                             rs.keep_checkpoints)
     optimizer, start, scaler_state = start_or_resume(
-        model, lambda m: make_finetune_optimizer(m, args.learning_rate, args.weight_decay, args.layerwise_lr_decay),
-        ckpt, args.resume, args.overwrite, d, log)
-    net = parallelize(model, d, compile=args.compile)
+        model, lambda m: make_finetune_optimizer(m, fs.learning_rate, fs.weight_decay, fs.layerwise_lr_decay),
+        ckpt, fs, d, log)
+    net = parallelize(model, d, compile=rs.compile)
 
     order = None
-    if args.group_by_length:
+    if fs.group_by_length:
         lengths = np.array([len(f.input_ids) for f in features])
-        order = lambda epoch: length_grouped_order(lengths, global_batch, args.seed, epoch)  # noqa: E731
-    stream = Stream(features, args.train_batch_size, collate, seed=args.seed, rank=d.rank,
+        order = lambda epoch: length_grouped_order(lengths, global_batch, rs.seed, epoch)  # noqa: E731
+    stream = Stream(features, fs.train_batch_size, collate, seed=rs.seed, rank=d.rank,
                     world_size=d.world_size, order=order)
-    loop = LoopConfig(total_steps=steps, lr=args.learning_rate,
+    loop = LoopConfig(total_steps=steps, lr=fs.learning_rate,
                       schedule=WarmupPolyDecay(warmup, steps, power=1.0, continuous=True),
-                      precision=args.precision, max_grad_norm=args.max_grad_norm or None,
-                      log_every=args.log_every, seed=args.seed, eval_every=eval_every, skip_nonfinite=args.skip_nonfinite,
-                      fp32_modules=fp32_patterns(args.bf16_config_path, args.precision))
+                      precision=rs.precision, max_grad_norm=fs.max_grad_norm or None, log_every=rs.log_every,
+                      seed=rs.seed, eval_every=eval_every, skip_nonfinite=rs.skip_nonfinite,
+                      fp32_modules=rs.fp32_modules)
     if long_warmup_note(warmup, steps):
         log.print(long_warmup_note(warmup, steps))
-    log.print(f"fine-tuning {s.config.num_hidden_layers}L/{s.config.hidden_size}H on {num_examples} examples "
+    log.print(f"fine-tuning {st.config.num_hidden_layers}L/{st.config.hidden_size}H on {num_examples} examples "
               f"({len(features)} sequences), {steps} steps ({warmup} warmup) of global batch {global_batch} "
-              f"= {args.train_batch_size} x {d.world_size} process(es); lr {args.learning_rate:g}, "
-              f"{d.device.type}, {args.precision}")
+              f"= {fs.train_batch_size} x {d.world_size} process(es); lr {fs.learning_rate:g}, "
+              f"{d.device.type}, {rs.precision}")
     t0 = time.perf_counter()
     last = fit(net, optimizer, loss_fn, stream, loop, d, log, ckpt, start, eval_fn=eval_fn,
-               grad_scaler_state=scaler_state, stop=getattr(args, "stop", None))
+               grad_scaler_state=scaler_state, stop=stop)
     seconds = time.perf_counter() - t0
     log.close({"train_seconds": round(seconds, 3), **last})
     return net, {"steps": steps, "warmup_steps": warmup, "train_seconds": round(seconds, 3),
                  "resumed_from_step": start, "global_batch": global_batch, **{f"last_{k}": v for k, v in last.items()}}
-
-
-def run_main(args, body: Callable) -> int:
-    """`body(args)` as a training command (see `run_command`), with `args.stop` the SIGTERM flag."""
-
-    def with_stop(stop: StopFlag) -> int:
-        args.stop = stop
-        return body(args)
-
-    return run_command(with_stop, args.output_dir)

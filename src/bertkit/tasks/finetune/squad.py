@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +33,8 @@ from bertkit.tasks.finetune import runner as ft
 from bertkit.tasks.finetune import squad_data as squad
 from bertkit.tasks.finetune.squad_metric import evaluate
 from bertkit.tasks.finetune.squad_predict import postprocess, write_predictions
-from bertkit.train import infer
+from bertkit.tasks.common import run_command
+from bertkit.train import StopFlag, infer
 
 
 def parser() -> ArgumentParser:
@@ -65,7 +65,7 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    ft.check_flags(args, "SQuAD")
+    fs = ft.FinetuneSettings.from_args(args, "SQuAD")
     args.do_predict = args.do_predict or args.do_eval  # nothing to score without predictions
     if not (args.do_train or args.do_predict):
         raise BertkitError("nothing to do: give --do_train, --do_predict or --do_eval")
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     if args.max_seq_length < args.max_query_length + 4:
         raise BertkitError(f"--max_seq_length ({args.max_seq_length}) must exceed --max_query_length "
                            f"({args.max_query_length}) + 3, to leave room for the context")
-    return ft.run_main(args, run)
+    return run_command(lambda stop: run(args, fs, stop), fs.run.output_dir)
 
 
 def span_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -106,7 +106,8 @@ def report_cut_questions(examples, tokenizer, max_query_length: int, path: str) 
     return len(cut)
 
 
-def run(args) -> int:
+def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
+    """The SQuAD command's work: `args` for its own flags (files, windows), `fs` for the shared ones."""
     v2 = args.version_2_with_negative
     train_examples = predict_examples = None
     if args.do_train:
@@ -122,24 +123,24 @@ def run(args) -> int:
         if not predict_examples:
             raise BertkitError(f"{args.predict_file}: no question to answer")
 
-    s = ft.setup(args, "squad")
-    d = s.d
-    out = Path(args.output_dir)
-    torch.manual_seed(args.seed)  # the span head's initialisation, the same on every rank
-    model = ft.build(BertForQuestionAnswering(s.config), s, args)
+    s = ft.setup(fs)
+    d, fs = s.d, s.settings
+    out = fs.run.output_dir
+    torch.manual_seed(fs.run.seed)  # the span head's initialisation, the same on every rank
+    model = ft.build(BertForQuestionAnswering(s.config), s)
     multiple = 8 if d.device.type != "cpu" else None  # see tasks/mrpc.py
     collate = functools.partial(squad.collate, pad_id=s.tokenizer.pad_id, pad_to_multiple_of=multiple)
-    windows = dict(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+    windows = dict(max_seq_length=fs.max_seq_length, doc_stride=args.doc_stride,
                    max_query_length=args.max_query_length)
     results: dict = {}
     net = model
     if args.do_train:
         report_cut_questions(train_examples, s.tokenizer, args.max_query_length, args.train_file)
         features = squad.make_features(train_examples, s.tokenizer, is_training=True, **windows)
-        run_id = ft.run_id(args, "squad", s, {"train_file": args.train_file, "doc_stride": args.doc_stride,
-                                             "max_query_length": args.max_query_length, "version_2": v2})
+        run_id = ft.run_id(s, {"train_file": args.train_file, "doc_stride": args.doc_stride,
+                               "max_query_length": args.max_query_length, "version_2": v2})
         # Steps count examples, not windows, as Google's run_squad.py does.
-        net, summary = ft.train(model, features, collate, span_loss, len(train_examples), args, s, run_id)
+        net, summary = ft.train(model, features, collate, span_loss, len(train_examples), s, run_id, stop)
         summary["skipped_training_questions"] = len(train_examples.skipped)
         if d.is_main:
             write_json(out / "train_results.json", summary)
@@ -148,7 +149,7 @@ def run(args) -> int:
     if args.do_predict:
         report_cut_questions(predict_examples, s.tokenizer, args.max_query_length, args.predict_file)
         features = squad.make_features(predict_examples, s.tokenizer, is_training=False, **windows)
-        rows = infer(net, features, collate, span_rows, args.eval_batch_size, d, args.precision)
+        rows = infer(net, features, collate, span_rows, fs.eval_batch_size, d, fs.run.precision)
         if d.is_main:
             predictions, nbest, null_odds = postprocess(
                 predict_examples, features, [r[0] for r in rows], [r[1] for r in rows],
