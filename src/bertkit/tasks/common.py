@@ -88,9 +88,7 @@ class RunSettings:
     dllog_path: str | None = None
     skip_nonfinite: bool = False
 
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise BertkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+    def __post_init__(self) -> None:  # precision: the flag's choices, and LoopConfig, check it
         if self.keep_checkpoints < 0:
             raise BertkitError(f"--keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.log_every < 1:
