@@ -65,14 +65,12 @@ def checkpoint_path(path: str, name: str) -> Path:
 def pretrained_model(args) -> str:
     """The model to fine-tune: --checkpoint_folder, --bert_config_dir, else Google's checkpoint of
     the variant, downloaded once into $BERTKIT_CACHE/models (default ~/.cache/bertkit/models)."""
-    for name in ("checkpoint_folder", "bert_config_dir"):
-        path = getattr(args, name)
-        if path and name == "checkpoint_folder":
-            return str(checkpoint_path(path, name).resolve())
-        if path:
-            if not Path(path).exists():
-                raise BertkitError(f"--{name} {path}: no such file or folder")
-            return str(Path(path).resolve())
+    if args.checkpoint_folder:
+        return str(checkpoint_path(args.checkpoint_folder, "checkpoint_folder").resolve())
+    if args.bert_config_dir:
+        if not Path(args.bert_config_dir).exists():
+            raise BertkitError(f"--bert_config_dir {args.bert_config_dir}: no such file or folder")
+        return str(Path(args.bert_config_dir).resolve())
     folder = cached_model(args.model_variant)
     if is_model_folder(folder):
         return str(folder)
