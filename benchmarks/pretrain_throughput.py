@@ -2,18 +2,14 @@
 
 Both train the same config on the same batch (forward, backward, optimizer step), alternated in one
 process; warm-up steps are excluded and the median of repeated timings is reported. The same run
-measures the peak of a large matrix product in each precision, and each model's achieved FLOP/s as a
+measures the peak of a matrix product in each precision, and each model's achieved FLOP/s as a
 share of it (MFU).
 
-FLOPs per sequence (T tokens, P masked positions, L layers, H hidden, I intermediate, V vocab):
-    forward  = (L-1) * (2*T*(4*H*H + 2*H*I) + 4*T*T*H)  # projections and feed-forward; QK^T and AV
-             + 2*T*2*H*H + 2*R*(2*H*H + 2*H*I) + 4*R*T*H  # last layer: keys and values at all T,
-                                                         #   the rest at the R = 1 + P rows read
-             + 2*P*(H*H + H*V)                           # masked-LM transform and decoder, P positions
-             + 2*H*H + 4*H                               # pooler and next-sentence head
-    training = 3 * forward                               # backward costs twice the forward
-Both models are credited with the same useful FLOPs (the peer also computes the last layer and the
-vocabulary projection at positions no loss reads), so the MFU ratio equals the throughput ratio.
+FLOPs per sequence: `bertkit.model.pretraining_flops` (its docstring has the formula), the count
+that `bertkit pretrain` logs its MFU with; the peak: `bertkit.distributed.matmul_peak`, which
+`bertkit pretrain` measures at start. Both models are credited with the same useful FLOPs (the
+peer also computes the last layer and the vocabulary projection at positions no loss reads), so
+the MFU ratio equals the throughput ratio.
 
     python benchmarks/pretrain_throughput.py --variants tiny mini small base --precisions bf16 fp32 --json out.json
 
@@ -45,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from bertkit.config import variant
-from bertkit.model import BertForPreTraining
+from bertkit.distributed import matmul_peak
+from bertkit.model import BertForPreTraining, pretraining_flops
 from bertkit.optim import make_optimizer
 
 
@@ -60,26 +57,6 @@ def batch(B: int, T: int, P: int, V: int, seed: int = 0) -> dict[str, torch.Tens
     return dict(input_ids=ids, segment_ids=types, input_mask=torch.ones(B, T, dtype=torch.long),
                 masked_lm_positions=pos, masked_lm_ids=labels, masked_lm_weights=torch.ones(B, P),
                 next_sentence_labels=torch.randint(0, 2, (B,), generator=g))
-
-
-def flops_per_seq(cfg, T: int, P: int) -> float:
-    L, H, I, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    R = 1 + P  # rows the heads read from the last layer: [CLS] and the masked positions
-    layer = 2 * T * (4 * H * H + 2 * H * I) + 4 * T * T * H
-    last = 2 * T * 2 * H * H + 2 * R * (2 * H * H + 2 * H * I) + 4 * R * T * H
-    forward = (L - 1) * layer + last + 2 * P * (H * H + H * V) + 2 * H * H + 4 * H
-    return 3 * forward
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
 
 
 class Ours:
@@ -147,7 +124,7 @@ def compare(name: str, precision: str, B: int, T: int, P: int, repeats: int, ste
         for impl in impls if r % 2 == 0 else impls[::-1]:  # alternate, so drift hits both alike
             times[impl.name].append(time_steps(impl, b, steps))
     ours, peer = (B / statistics.median(times[n]) for n in ("bertkit", "transformers"))
-    flops = flops_per_seq(cfg, T, P)
+    flops = pretraining_flops(cfg, T, P)
     return {"variant": name, "precision": precision, "batch": B, "seq": T, "masked": P,
             "ours_seq_per_s": round(ours, 2), "peer_seq_per_s": round(peer, 2), "ratio": round(ours / peer, 2),
             "mfu": round(ours * flops / peak, 4), "peer_mfu": round(peer * flops / peak, 4),
@@ -308,7 +285,7 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=2)
         return
-    peaks = {prec: matmul_peak(torch.bfloat16 if prec == "bf16" else torch.float32) for prec in args.precisions}
+    peaks = {prec: matmul_peak(torch.device("cpu"), prec) for prec in args.precisions}
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           + ", ".join(f"{k} matmul peak {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     rows = []

@@ -136,6 +136,36 @@ def test_resume_after_sigkill_and_sigterm_is_bit_identical(dataset, tmp_path):
     assert_same_run(reference, out / "ckpt-00000010")
 
 
+def test_max_seconds_stops_with_a_checkpoint_that_resumes_bit_identically(dataset, tmp_path):
+    """--max_seconds: checkpoint, final evaluation, exit 0 and a line saying so; the budget is per
+    invocation (the same command trains on), and resuming to N steps equals training straight to N."""
+    straight = run(args(dataset, tmp_path / "straight", peak_tflops=0.05))
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "budget"
+    budget = args(dataset, out, max_seconds=1e-6, peak_tflops=0.05, do_eval=True,
+                  eval_files_dir=dataset / "data", max_eval_steps=2)
+    for step in (1, 2):  # a budget shorter than one step: one step per invocation
+        r = run(budget)
+        assert r.returncode == 0, r.stderr
+        assert f"the time budget ended the run at step {step} of 10" in r.stderr
+        assert [p.name for p in list_checkpoints(out)][-1] == f"ckpt-0000000{step}"
+        result = json.loads((out / "results.json").read_text())
+        assert result["stopped_by"] == "max_seconds" and result["step"] == step and "eval_mlm_accuracy" in result
+    rest = run(args(dataset, out, peak_tflops=0.05))
+    assert rest.returncode == 0, rest.stderr
+    assert "stopped_by" not in json.loads((out / "results.json").read_text())
+    assert_same_run(tmp_path / "straight" / "ckpt-00000010", out / "ckpt-00000010")
+    # every record has its times; training time carries over the resumes and leaves evaluation out
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all("wall_s" in r and "train_s" in r for r in records)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 11))
+    assert all(a["train_s"] < b["train_s"] for a, b in zip(train, train[1:]))
+    assert all(0 < r["mfu"] < 1 for r in train)
+    assert json.loads((out / "results.json").read_text())["peak_tflops"] == 0.05
+    assert "MFU against" not in rest.stderr  # --peak_tflops given: nothing measured
+
+
 def test_overfit_reaches_high_mlm_accuracy(dataset, tmp_path):
     """The seed's overfit test set: a tiny model learns its own small data (fixed masks here: TFRecord)."""
     t0 = time.time()

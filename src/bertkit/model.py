@@ -225,6 +225,26 @@ class BertForPreTraining(nn.Module):
         return self.mlm(x, decoder)[predicted], self.nsp(pooled)
 
 
+def pretraining_flops(cfg: BertConfig, T, P):
+    """Training FLOPs (forward, backward) of one `BertForPreTraining` sequence of T tokens with P
+    masked positions, as the model computes it; T and P may be numbers or arrays (one per sequence).
+    The MFU of the training log and of benchmarks/pretrain_throughput.py both count with this.
+
+        forward  = (L-1) * (2*T*(4*H*H + 2*H*I) + 4*T*T*H)   projections and feed-forward; QK^T and AV
+                 + 2*T*2*H*H + 2*R*(2*H*H + 2*H*I) + 4*R*T*H  last layer: keys and values at all T,
+                                                             the rest at the R = 1 + P rows read
+                 + 2*P*(H*H + H*V)                           masked-LM transform and decoder
+                 + 2*H*H + 4*H                               pooler and next-sentence head
+        training = 3 * forward                               (the backward pass costs twice the forward)
+    """
+    L, H, I, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    R = 1 + P  # rows the heads read from the last layer: [CLS] and the masked positions
+    layer = 2 * T * (4 * H * H + 2 * H * I) + 4 * T * T * H
+    last = 2 * T * 2 * H * H + 2 * R * (2 * H * H + 2 * H * I) + 4 * R * T * H
+    forward = (L - 1) * layer + last + 2 * P * (H * H + H * V) + 2 * H * H + 4 * H
+    return 3 * forward
+
+
 class MaskedLMHead(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()

@@ -17,7 +17,6 @@ import fnmatch
 import math
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +30,7 @@ from bertkit.config import BertConfig
 from bertkit.distributed import Dist, all_gather_objects, all_reduce, barrier, cpu_has_fast_bf16, unwrap
 from bertkit.flags import PRECISIONS
 from bertkit.optim import clips_gradients
-from bertkit.runlog import RunLog
+from bertkit.runlog import Clock, Meter, RunLog
 from bertkit.stream import Stream, to_device
 
 
@@ -49,6 +48,9 @@ class LoopConfig:
     sync_each_micro_step: bool = False  # all-reduce gradients after every micro-batch (seed flag allreduce_post_accumulation=False)
     skip_nonfinite: bool = False  # skip and count steps with a non-finite loss instead of stopping
     fp32_modules: tuple[str, ...] = ()  # module-name patterns run outside autocast (the seed's bf16 config)
+    max_seconds: float | None = None  # stop after this many training seconds of this process (evaluation excluded)
+    flops: Callable[[dict], float] | None = None  # training FLOPs of a batch (on the host, before it moves), for MFU
+    peak_flops: float | None = None  # FLOP/s of one device, for MFU
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -57,6 +59,8 @@ class LoopConfig:
             raise BertkitError(f"accumulation steps must be >= 1, got {self.accumulation}")
         if self.total_steps < 0:
             raise BertkitError(f"number of training steps must be >= 0, got {self.total_steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise BertkitError(f"--max_seconds must be > 0, got {self.max_seconds}")
 
 
 def dropout_seed(seed: int, global_micro_batch: int) -> int:
@@ -133,17 +137,18 @@ class CheckpointManager:
     run: dict = field(default_factory=dict)  # the run's identity, stored with each checkpoint
     every: int = 0
     keep: int = 3
+    train_s: float = 0.0  # training seconds of the checkpoint last loaded (0 for a fresh start)
 
     def due(self, step: int, total_steps: int) -> bool:
         """A checkpoint is due at every `every`-th step before the last (the last is always saved)."""
         return bool(self.every) and step % self.every == 0 and step < total_steps
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler_state: dict | None,
-             d: Dist) -> Path | None:
+             d: Dist, train_s: float = 0.0) -> Path | None:
         folder = None
         if d.is_main:
             state = {k: v.float() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
-            trainer = {"run": self.run, "grad_scaler": scaler_state}
+            trainer = {"run": self.run, "grad_scaler": scaler_state, "train_s": round(train_s, 3)}
             folder = save_training(self.output_dir, step, self.config, state, self.vocab_file,
                                    self.lowercase, optimizer.state_dict(), trainer, self.keep)
         barrier()
@@ -153,54 +158,16 @@ class CheckpointManager:
         """Load a checkpoint's weights into `model`: (step, optimizer state, grad-scaler state)."""
         _, state, optimizer_state, trainer = load_training(folder)
         load_weights(model, state, str(folder))
+        self.train_s = float(trainer.get("train_s", 0.0))
         return trainer["step"], optimizer_state, trainer.get("grad_scaler")
 
 
-class Meter:
-    """What the log reports between two records: loss and metric sums over the steps taken, and the
-    sequences and real tokens seen (all ranks) for the throughput."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.steps = self.seqs = self.tokens = 0
-        self.started = time.perf_counter()
-
-    def count(self, batch: dict, world_size: int) -> None:
-        self.seqs += len(next(iter(batch.values()))) * world_size
-        mask = batch.get("input_mask", batch.get("attention_mask"))
-        self.tokens += (int(mask.sum()) if mask is not None else batch["input_ids"].numel()) * world_size
-
-    def add(self, loss: float, metrics: dict[str, torch.Tensor]) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0) + v
-        self.sums["loss"] = self.sums.get("loss", 0) + loss
-        self.steps += 1
-
-    def record(self, step: int, lr: float, d: Dist, grad_norm: float | None, skipped: int) -> dict:
-        """The means since the last record (metrics averaged over ranks), then start a new window."""
-        elapsed = time.perf_counter() - self.started
-        rec = {"step": step, "lr": lr}
-        for k, v in self.sums.items():
-            v = torch.as_tensor(v, dtype=torch.float32, device=d.device)
-            if k != "loss":  # the loss is already the mean over ranks
-                v = all_reduce(v.clone()) / d.world_size
-            rec[k] = round(v.item() / self.steps, 6)
-        if grad_norm is not None:
-            rec["grad_norm"] = round(grad_norm, 6)
-        rec.update(seq_per_s=round(self.seqs / elapsed, 2), tokens_per_s=round(self.tokens / elapsed, 1))
-        if skipped:
-            rec["skipped_steps"] = skipped
-        self.reset()
-        return rec
-
-
 def accumulate(model: nn.Module, loss_fn: Callable, batches, scaler: torch.amp.GradScaler, cfg: LoopConfig,
-               d: Dist, step: int, stop: StopFlag, meter: Meter) -> tuple[float, dict[str, torch.Tensor], bool]:
+               d: Dist, step: int, stop: StopFlag, meter: Meter, clock: Clock
+               ) -> tuple[float, dict[str, torch.Tensor], str | None]:
     """Forward and backward over one step's micro-batches: (mean loss over ranks, metric means of
-    this rank, whether any rank was asked to stop)."""
+    this rank, why the run stops after this step: "sigterm" when any rank was asked to stop,
+    "max_seconds" when any rank's training time has reached the budget, else None)."""
     accum = cfg.accumulation
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     loss_sum = torch.zeros((), device=d.device)
@@ -218,9 +185,12 @@ def accumulate(model: nn.Module, loss_fn: Callable, batches, scaler: torch.amp.G
         loss_sum += loss.detach().float()
         for k, v in parts.items():
             metrics[k] = metrics.get(k, 0) + v.detach().float() / accum
+    over = cfg.max_seconds is not None and clock.this_run() >= cfg.max_seconds
     # One small all-reduce per step: ranks agree on the loss, and on stopping.
-    shared = all_reduce(torch.stack([loss_sum / accum, torch.tensor(float(stop.set), device=d.device)]))
-    return (shared[0] / d.world_size).item(), metrics, shared[1].item() > 0
+    flags = torch.tensor([float(stop.set), float(over)], device=d.device)
+    shared = all_reduce(torch.cat([(loss_sum / accum).reshape(1), flags]))
+    why = "sigterm" if shared[1].item() > 0 else "max_seconds" if shared[2].item() > 0 else None
+    return (shared[0] / d.world_size).item(), metrics, why
 
 
 def update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -245,9 +215,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
         stream: Stream, cfg: LoopConfig, d: Dist, log: RunLog, ckpt: CheckpointManager | None = None,
         start_step: int = 0, eval_fn: Callable[[nn.Module], dict] | None = None,
         grad_scaler_state: dict | None = None, stop: StopFlag | None = None) -> dict:
-    """Train from `start_step` to `cfg.total_steps`. `loss_fn(model, batch)` returns the mean loss of
-    the micro-batch and a dict of scalar metrics (means over the micro-batch). Returns the last
-    logged record (with the final evaluation when `eval_fn` is given)."""
+    """Train from `start_step` to `cfg.total_steps`, or until `cfg.max_seconds` of training in this
+    call (checkpoint, final evaluation and `stopped_by: max_seconds` in the result; the same command
+    continues). `loss_fn(model, batch)` returns the mean loss of the micro-batch and a dict of
+    scalar metrics (means over the micro-batch). Returns the last logged record (with the final
+    evaluation when `eval_fn` is given)."""
     if cfg.precision == "bf16" and d.device.type == "cpu" and not cpu_has_fast_bf16():
         log.print("warning: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 runs "
                   "far slower than fp32 here; prefer --precision fp32 on this machine")
@@ -257,14 +229,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
     if cfg.fp32_modules and cfg.precision != "fp32":
         keep_fp32(unwrap(model), cfg.fp32_modules, d.device.type)
     model.train()
-    meter, last, skipped, step = Meter(), {}, 0, start_step
+    clock = Clock(carried=ckpt.train_s if ckpt is not None and start_step else 0.0)
+    meter, last, skipped, step, why = Meter(clock, cfg.flops, cfg.peak_flops), {}, 0, start_step, None
+    evaluate = lambda: log_evaluation(eval_fn, model, step, log, clock)  # noqa: E731
     batches = contextlib.closing(stream.iterate(start_step * cfg.accumulation))
     with batches as batches, contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
-        while step < cfg.total_steps:
+        clock.start()
+        while step < cfg.total_steps and why is None:
             lr = cfg.lr * cfg.schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, metrics, stop_now = accumulate(model, loss_fn, batches, scaler, cfg, d, step, stop, meter)
+            loss, metrics, why = accumulate(model, loss_fn, batches, scaler, cfg, d, step, stop, meter, clock)
             grad_norm = None
             if math.isfinite(loss):
                 grad_norm = update(model, optimizer, scaler, cfg.max_grad_norm)
@@ -278,29 +253,41 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer,
                                    f"saving it (pass --skip_nonfinite to skip such steps)")
             step += 1
             log.advance()
-            if meter.steps and (step % cfg.log_every == 0 or step == cfg.total_steps):
+            if meter.steps and (step % cfg.log_every == 0 or step == cfg.total_steps or why):
                 last = meter.record(step, lr, d, grad_norm, skipped)
                 log.record(last)
-            if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.total_steps:
-                last = {**last, **log_evaluation(eval_fn, model, step, log)}
-            if stop_now:
-                folder = ckpt.save(step, model, optimizer, scaler.state_dict(), d) if ckpt else None
+            if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.total_steps \
+                    and why is None:
+                last = {**last, **evaluate()}
+            if why == "sigterm":
+                folder = ckpt.save(step, model, optimizer, scaler.state_dict(), d, clock.train_s()) if ckpt else None
                 log.print(f"SIGTERM: saved step {step} to {folder}")
                 raise Stopped(step, folder)
-            if ckpt is not None and ckpt.due(step, cfg.total_steps):
-                ckpt.save(step, model, optimizer, scaler.state_dict(), d)
-    if ckpt is not None and step > start_step:
-        ckpt.save(step, model, optimizer, scaler.state_dict(), d)
+            if ckpt is not None and ckpt.due(step, cfg.total_steps) and why is None:
+                ckpt.save(step, model, optimizer, scaler.state_dict(), d, clock.train_s())
+    clock.stop()
+    train_s = clock.train_s()
+    folder = ckpt.save(step, model, optimizer, scaler.state_dict(), d, train_s) \
+        if ckpt is not None and step > start_step else None
+    if why == "max_seconds":
+        log.print(f"--max_seconds {cfg.max_seconds:g}: the time budget ended the run at step {step} of "
+                  f"{cfg.total_steps} after {clock.this_run():.1f} s of training; saved {folder}; the same "
+                  f"command continues from there")
     if eval_fn is not None:
-        last = {**last, **log_evaluation(eval_fn, model, step, log)}
-    return {**last, **({"skipped_steps": skipped} if skipped else {})}
+        last = {**last, **evaluate()}
+    return {**last, "train_s": round(train_s, 3), **({"skipped_steps": skipped} if skipped else {}),
+            **({"stopped_by": why} if why else {})}
 
 
-def log_evaluation(eval_fn: Callable[[nn.Module], dict], model: nn.Module, step: int, log: RunLog) -> dict:
-    """`eval_fn(model)` (which runs `infer`) as an `eval_*` record of the log; training mode after."""
-    rec = {"step": step, **{f"eval_{k}": v for k, v in eval_fn(model).items()}}
-    log.record(rec)
-    model.train()
+def log_evaluation(eval_fn: Callable[[nn.Module], dict], model: nn.Module, step: int, log: RunLog,
+                   clock: Clock | None = None) -> dict:
+    """`eval_fn(model)` (which runs `infer`) as an `eval_*` record of the log, its time left out of
+    `clock`'s training time (the record carries the training seconds so far); training mode after."""
+    trained = {"train_s": round(clock.train_s(), 3)} if clock is not None else {}
+    with clock.paused() if clock is not None else contextlib.nullcontext():
+        rec = {"step": step, **{f"eval_{k}": v for k, v in eval_fn(model).items()}, **trained}
+        log.record(rec)
+        model.train()
     return rec
 
 

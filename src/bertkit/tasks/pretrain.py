@@ -22,9 +22,9 @@ from bertkit.checkpoint import load_weights
 from bertkit.config import VARIANTS
 from bertkit.data.masking import word_starts
 from bertkit.data.pretraining import PretrainingDataset, collate
-from bertkit.distributed import Dist, init, parallelize
+from bertkit.distributed import Dist, init, matmul_peak, parallelize
 from bertkit.flags import ArgumentParser, flag, parse_bool
-from bertkit.model import BertForPreTraining
+from bertkit.model import BertForPreTraining, pretraining_flops
 from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_optimizer
 from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
@@ -65,6 +65,12 @@ def parser() -> ArgumentParser:
     flag(p, "optimizer", choices=("lamb", "adamw"), default="lamb", help="LAMB (default) or AdamW.")
     flag(p, "weight_decay", type=float, default=0.01, help="Weight decay, except biases and LayerNorm.")
     flag(p, "save_checkpoints_steps", type=int, default=1000, help="Checkpoint every N steps, and at the end.")
+    flag(p, "max_seconds", type=float, default=None, help=(
+        "Time budget: stop after N seconds of training in this process (evaluation left out), save a "
+        "checkpoint, run the final evaluation and exit 0. The same command continues the run for another N."))
+    flag(p, "peak_tflops", type=float, default=None, help=(
+        "Peak TFLOP/s of one device, for the MFU in the log (default: a matrix product in the run's "
+        "precision, measured at start for under a second)."))
     flag(p, "do_train", type=parse_bool, default=True, help="Train.")
     flag(p, "do_eval", type=parse_bool, default=False, help="Report masked-LM accuracy and loss on --eval_files_dir.")
     flag(p, "max_eval_steps", type=int, default=100, help="Most evaluation batches.")
@@ -100,6 +106,26 @@ def pretraining_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tens
     return mlm_loss + nsp_loss, {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "mlm_acc": mlm_acc, "nsp_acc": nsp_acc}
 
 
+def batch_flops(config, batch: dict) -> float:
+    """Training FLOPs of a pretraining batch, counted at its real tokens and masked positions
+    (`pretraining_flops` per sequence): what the MFU of the log divides by the time."""
+    ids, mask = batch["input_ids"], batch["input_mask"]  # (B, T) each; the mask None without padding
+    T = mask.sum(1) if mask is not None else torch.full((len(ids),), ids.shape[1])  # (B,)
+    P = (batch["masked_lm_weights"] != 0).sum(1)  # (B,)
+    return float(pretraining_flops(config, T.double(), P.double()).sum())
+
+
+def peak_flops(s: PretrainSettings, d: Dist, log) -> float:
+    """--peak_tflops, or a matrix product measured now on this process's device and threads."""
+    if s.peak_tflops:
+        return s.peak_tflops * 1e12
+    peak = matmul_peak(d.device, s.run.precision)
+    where = f"{torch.get_num_threads()} thread(s)" if d.device.type == "cpu" else str(d.device)
+    log.print(f"MFU against {peak / 1e12:.3g} TFLOP/s: a {s.run.precision} matrix product measured on {where} "
+              "(--peak_tflops sets it)")
+    return peak
+
+
 def drop_full_mask(batch: dict) -> dict:
     """Leave out an attention mask with no padding in it (checked on the CPU, before the batch
     moves): attention without a mask takes the fastest kernels (flash attention on GPUs)."""
@@ -127,6 +153,8 @@ class PretrainSettings:
     optimizer: str
     weight_decay: float
     save_checkpoints_steps: int
+    max_seconds: float | None
+    peak_tflops: float | None
     do_train: bool
     do_eval: bool
     max_eval_steps: int
@@ -149,6 +177,9 @@ class PretrainSettings:
             raise BertkitError(f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
         if self.learning_rate <= 0:
             raise BertkitError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("max_seconds", "peak_tflops"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise BertkitError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.do_eval and not self.eval_files_dir:
             raise BertkitError("--do_eval needs --eval_files_dir")
         if not self.do_train and not self.do_eval:
@@ -241,9 +272,12 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
                           accumulation=s.num_accumulation_steps, precision=run.precision,
                           log_every=run.log_every, seed=run.seed, eval_every=s.eval_every,
                           sync_each_micro_step=not s.allreduce_post_accumulation,
-                          skip_nonfinite=run.skip_nonfinite, fp32_modules=run.fp32_modules)
+                          skip_nonfinite=run.skip_nonfinite, fp32_modules=run.fp32_modules,
+                          max_seconds=s.max_seconds, flops=lambda batch: batch_flops(m.config, batch),
+                          peak_flops=peak_flops(s, d, log))
         result = fit(ddp_model, optimizer, pretraining_loss, stream, loop, d, log, ckpt, start_step, eval_fn,
                      scaler_state, stop)
+        result["peak_tflops"] = round(loop.peak_flops / 1e12, 4)
         skipped = getattr(train_data, "corrupt_skipped", 0)
         if skipped:
             log.print(f"skipped {skipped} corrupt record(s) in {s.input_files_dir}")
