@@ -199,3 +199,40 @@ def test_bad_flags_and_foreign_output_dir(dataset, tmp_path, capsys):
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--learning_rate=5e-4"]) == 2
     assert "another run" in capsys.readouterr().err
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--learning_rate=5e-4", "--overwrite"]) == 0
+
+
+def test_continued_pretraining_recipe_applies_only_without_a_learning_rate(dataset, tmp_path, capsys):
+    """--init_checkpoint and no --learning_rate: the recipe's LAMB rate for the global batch and a
+    short warm-up, printed and recorded in run.json; a rate given is that rate, with
+    run_pretraining.py's warm-up, as before; neither: run_pretraining.py's defaults."""
+    base = ["pretrain", "--input_files_dir", str(FIXTURES / "pretrain_seq128.tfrecord"), "--train_batch_size", "8",
+            "--num_train_steps", "2", "--log_every", "1", "--peak_tflops", "0.1", "--device", "cpu"]
+    init = ["--init_checkpoint", str(FIXTURES / "uncased_L-2_H-128_A-2.zip")]
+
+    def ran(out, *more):
+        assert cli([*base, "--output_dir", str(tmp_path / out), *more]) == 0
+        settings = json.loads((tmp_path / out / "run.json").read_text())["settings"]
+        first = json.loads((tmp_path / out / "log.jsonl").read_text().splitlines()[0])
+        return capsys.readouterr().err, settings, first
+
+    err, settings, first = ran("recipe", *init)
+    lines = [line for line in err.splitlines() if line.startswith("recipe (continued pretraining")]
+    assert len(lines) == 1 and "lamb learning rate 0.005 " in lines[0] and "warm-up 0 steps" in lines[0]
+    lr = 1e-2 * (8 / 32) ** 0.5  # the recipe: 1e-2 at a global batch of 32, by the square root of the batch
+    assert (settings["learning_rate"], settings["num_warmup_steps"], settings["schedule"]) == (
+        pytest.approx(lr), 0, "continued-pretraining recipe")
+    assert first["lr"] == pytest.approx(lr)  # the first step ran at the peak: no warm-up
+    err, settings, _ = ran("adamw", *init, "--optimizer", "adamw", "--num_warmup_steps", "1")
+    assert "adamw learning rate 5e-05 " in err and "warm-up 1 steps (given)" in err
+    assert (settings["learning_rate"], settings["num_warmup_steps"]) == (pytest.approx(5e-5), 1)
+
+    err, settings, first = ran("given", *init, "--learning_rate", "3e-3")
+    assert "recipe" not in err and "warm-up (10000 steps) is longer than the run" in err
+    assert (settings["learning_rate"], settings["num_warmup_steps"], settings["schedule"]) == (3e-3, 10000, "flags")
+    assert first["lr"] == 0.0  # step 0 of a 10000-step warm-up, as run_pretraining.py does
+
+    err, settings, _ = ran("scratch", "--bert_config_file", str(dataset / "bert_config.json"),
+                           "--vocab_file", str(FIXTURES / "vocab_full.txt"))
+    assert "recipe (" not in err and "run_pretraining.py's 5e-05, warm-up 10000 steps" in err
+    assert (settings["learning_rate"], settings["num_warmup_steps"], settings["schedule"]) == (
+        5e-5, 10000, "run_pretraining.py defaults")

@@ -83,6 +83,10 @@ def _instance_flags(p) -> None:
               "the manifest, and the dataset reader uses it unless training sets its own.")
     flag(p, "do_whole_word_mask", type=parse_bool, default=False,
          help="Mask whole words at load time (recorded in the manifest, which the dataset reader honours).")
+    flag(p, "no_nsp", type=parse_bool, default=False, help=(
+        "No next-sentence pairs: instances of one segment filled to max_seq_length with whole consecutive "
+        "sentences, crossing into the next document after a [SEP] (RoBERTa's FULL-SENTENCES, as MosaicBERT "
+        "trains); --short_seq_prob does not apply. `bertkit pretrain` then trains masked LM alone."))
     flag(p, "overwrite", type=parse_bool, default=False,
          help="Replace a dataset made from other inputs or settings in the output folder (else refused).")
 
@@ -143,7 +147,7 @@ def _create(argv: list[str]) -> int:
         vocab_file=_vocab(args), lowercase=args.do_lower_case,
         phases=[(args.max_seq_length, args.max_predictions_per_seq)], dupe_factor=args.dupe_factor,
         short_seq_prob=args.short_seq_prob, masked_lm_prob=args.masked_lm_prob,
-        whole_word_mask=args.do_whole_word_mask, seed=args.random_seed, shard_mb=args.shard_mb,
+        whole_word_mask=args.do_whole_word_mask, nsp=not args.no_nsp, seed=args.random_seed, shard_mb=args.shard_mb,
         sentence_splitter=args.sentence_splitter, workers=args.workers, overwrite=args.overwrite)
     _refuse_checkpoint_folders(config)
     _report(prepare(config), started)
@@ -249,7 +253,8 @@ def _prepare(argv: list[str]) -> int:
         inputs=inputs, output=str(work), input_format=args.input_format, vocab_file=_vocab(args),
         lowercase=args.do_lower_case, phases=phases, dupe_factor=args.dupe_factor,
         short_seq_prob=args.short_seq_prob, masked_lm_prob=args.masked_lm_prob,
-        whole_word_mask=args.do_whole_word_mask, seed=args.random_seed, test_fraction=args.test_fraction,
+        whole_word_mask=args.do_whole_word_mask, nsp=not args.no_nsp, seed=args.random_seed,
+        test_fraction=args.test_fraction,
         name="books_wiki_en_corpus" if books else "wikicorpus_en",
         text_output=str(work / "formatted"), shard_mb=args.shard_mb,
         sentence_splitter=args.sentence_splitter, workers=args.workers, overwrite=args.overwrite)

@@ -5,6 +5,12 @@ cut it at a random sentence boundary into A and B, and half the time replace B w
 a random other document, putting the sentences that B would have used back for the next chunk.
 Then trim the longer of A and B from a random end until the pair fits.
 
+Without next-sentence prediction (`create_blocks`, `bertkit data create --no_nsp`): blocks of one
+segment filled to max_seq_length - 2 tokens with whole consecutive sentences, crossing from one
+document into the next with a [SEP] between them: RoBERTa's FULL-SENTENCES inputs (Liu et al.
+2019, section 4.2), which MosaicBERT also trains on. Full blocks waste no compute on padding or on a
+second-segment task.
+
 Masks are not chosen here: `masking.py` draws them when an instance is loaded.
 """
 
@@ -17,7 +23,7 @@ import numpy as np
 from bertkit.tokenizer import truncate_seq_pair
 
 Document = list[list[int]]  # sentences of token ids
-Instance = tuple[list[int], list[int], bool]  # (segment A, segment B, B is a random segment)
+Instance = tuple[list[int], list[int] | None, bool]  # (segment A, segment B or None for one segment, B is random)
 
 
 def create_instances(documents: list[Document], rng: random.Random, max_seq_length: int,
@@ -82,9 +88,41 @@ def _random_segment(documents: list[Document], index: int, rng: random.Random, l
     return segment
 
 
+def create_blocks(documents: list[Document], rng: random.Random, max_seq_length: int, sep_id: int,
+                  dupe_factor: int = 1) -> list[Instance]:
+    """One-segment instances (B None) of `dupe_factor` passes over the documents, shuffled. Each
+    pass takes the documents in a new random order and fills blocks of max_seq_length - 2 tokens
+    (room for [CLS] and the closing [SEP]) with whole sentences: a sentence that does not fit in
+    what is left of a block starts the next one; where one document ends and the next begins, a
+    [SEP] goes between them (none at the end of a block). A sentence longer than a block is cut
+    into block-sized pieces, so no token is lost."""
+    room = max_seq_length - 2
+    blocks: list[list[int]] = []
+    for _ in range(dupe_factor):
+        order = list(range(len(documents)))
+        rng.shuffle(order)
+        block: list[int] = []
+        for d in order:
+            joins = bool(block)  # this document goes on in an open block: a separator before its first sentence
+            for sentence in documents[d]:
+                sep = [sep_id] if joins else []
+                if block and len(block) + len(sep) + len(sentence) > room:
+                    blocks.append(block)
+                    block, sep = [], []
+                while len(sentence) > room:
+                    blocks.append(sentence[:room])
+                    sentence = sentence[room:]
+                block += sep + sentence
+                joins = False
+        if block:
+            blocks.append(block)
+    rng.shuffle(blocks)
+    return [(block, None, False) for block in blocks]
+
+
 def pack_instances(instances: list[Instance], cls_id: int, sep_id: int, dtype: np.dtype
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lay instances end to end as `[CLS] A [SEP] B [SEP]`.
+    """Lay instances end to end as `[CLS] A [SEP] B [SEP]`, or `[CLS] A [SEP]` where B is None.
 
     Returns tokens (T,) dtype, offsets (n+1,) int64, segment_a (n,) uint16 (length of [CLS] A [SEP]),
     next_sentence (n,) uint8.
@@ -97,9 +135,10 @@ def pack_instances(instances: list[Instance], cls_id: int, sep_id: int, dtype: n
         flat.append(cls_id)
         flat += a
         flat.append(sep_id)
-        flat += b
-        flat.append(sep_id)
-        lengths[k] = len(a) + len(b) + 3
+        if b is not None:
+            flat += b
+            flat.append(sep_id)
+        lengths[k] = len(a) + 2 + (len(b) + 1 if b is not None else 0)
         segment_a[k] = len(a) + 2
         next_sentence[k] = is_random
     offsets = np.zeros(len(instances) + 1, dtype=np.int64)

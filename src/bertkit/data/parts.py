@@ -123,6 +123,7 @@ def build_manifest(config: PrepareConfig, folder: Path, jobs: list[Job], fingerp
             "max_predictions_per_seq": predictions,
             "masked_lm_prob": config.masked_lm_prob,
             "whole_word_mask": config.whole_word_mask,
+            "next_sentence_pairs": config.nsp,
             "short_seq_prob": config.short_seq_prob,
             "dupe_factor": config.dupe_factor,
             "seed": config.seed,

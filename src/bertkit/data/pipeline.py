@@ -70,7 +70,8 @@ def prepare(config: PrepareConfig, rank: int | None = None, world: int | None = 
             manifests[folder] = build_manifest(config, folder, jobs, fingerprint, vocab,
                                                 length, predictions, split)
     if all(m["instances"] == 0 for m in manifests.values()):
-        raise BertkitError(f"{config.describe_inputs()}: no document of two or more sentences found "
+        what = "document of two or more sentences" if config.nsp else "sentence"
+        raise BertkitError(f"{config.describe_inputs()}: no {what} found "
                            "(empty input, or the wrong --input-format?)")
     for folder, manifest in manifests.items():
         with atomic_path(folder / "vocab.txt") as tmp:
@@ -114,7 +115,8 @@ def _vocab_summary(config: PrepareConfig) -> dict | None:
 def _fingerprint(config: PrepareConfig, vocab_sha: str | None, jobs: list[Job]) -> str:
     """What the output depends on: equal fingerprints mean equal output."""
     keys = {k: v for k, v in dataclasses.asdict(config).items()
-            if k not in ("inputs", "output", "vocab_file", "workers", "text_output", "overwrite")}
+            if k not in ("inputs", "output", "vocab_file", "workers", "text_output", "overwrite")
+            and not (k == "nsp" and v)}  # datasets made before --no_nsp existed keep their fingerprint
     keys["vocab_sha256"] = vocab_sha
     keys["jobs"] = [[(p.describe(), p.fmt) for p in job.pieces] for job in jobs]
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:20]
@@ -163,7 +165,7 @@ class _Worker:
             self.encoder = SentenceEncoder(self.tokenizer)
 
     def run(self, job: Job) -> int:
-        from bertkit.data.instances import create_instances, pack_instances
+        from bertkit.data.instances import create_blocks, create_instances, pack_instances
 
         config = self.config
         docs: list[list[str]] = []
@@ -186,7 +188,10 @@ class _Worker:
             dtype = shardfile.token_dtype(len(self.tokenizer))
             for length, _ in config.phases:
                 rng = random.Random(job_seed(config.seed, job, split, length))
-                instances = create_instances(token_docs, rng, length, config.short_seq_prob, config.dupe_factor)
+                if config.nsp:
+                    instances = create_instances(token_docs, rng, length, config.short_seq_prob, config.dupe_factor)
+                else:
+                    instances = create_blocks(token_docs, rng, length, self.tokenizer.sep_id, config.dupe_factor)
                 folder = config.dataset_dir(length, split)
                 entry = {"instances": len(instances), "tokens": 0, **counts,
                          "sources": [p.describe() for p in job.pieces]}
@@ -208,13 +213,13 @@ class _Worker:
         return self._split
 
     def _tokenize(self, docs: list[list[str]]) -> tuple[list[list[list[int]]], dict]:
-        """Token ids per sentence per document; documents of one sentence are left out and counted
-        (they can never give a real next sentence, only a random one)."""
+        """Token ids per sentence per document; for sentence pairs, documents of one sentence are
+        left out and counted (they can never give a real next sentence, only a random one)."""
         ids = iter(self.encoder.encode([s for d in docs for s in d]))
         kept, one_sentence, sentences = [], 0, 0
         for doc in docs:
             sentences_ids = [x for x in (next(ids) for _ in doc) if x]  # a sentence may tokenize to nothing
-            if len(sentences_ids) >= 2:
+            if len(sentences_ids) >= (2 if self.config.nsp else 1):
                 kept.append(sentences_ids)
                 sentences += len(sentences_ids)
             elif sentences_ids:

@@ -31,6 +31,7 @@ class PrepareConfig:
     short_seq_prob: float = 0.1  # odds that a document aims at a random shorter length
     masked_lm_prob: float = 0.15  # recorded in the manifest for load-time masking
     whole_word_mask: bool = False  # recorded in the manifest: the reader then masks whole words
+    nsp: bool = True  # sentence pairs for next-sentence prediction; False: one-segment blocks (--no_nsp)
     seed: int = 12345
     test_fraction: float = 0.0  # documents held out for the test split
     name: str | None = None  # dataset name in the seed's layout (e.g. wikicorpus_en)

@@ -32,6 +32,8 @@ class PretrainingDataset:
 
     Each item: input_ids (L,) int32, segment_ids (L,) int8, masked_lm_positions (n,) int32,
     masked_lm_ids (n,) int32, next_sentence_labels () int64 (1 = B is random), n <= max_predictions_per_seq.
+    `next_sentence_pairs` is False for a dataset made with --no_nsp: one segment (segment ids 0),
+    next-sentence label 0, for masked-LM training alone.
 
     masked_lm_prob: None takes each bertkit dataset's own (`create --masked_lm_prob`, 0.15 by
     default); a number applies to all. whole_word_mask: True, or the dataset's manifest says so.
@@ -69,6 +71,11 @@ class PretrainingDataset:
             raise BertkitError(f"{path}: holds no instances{skipped}")
         if self.corrupt_skipped:
             print(f"bertkit: skipped {self.corrupt_skipped} corrupt record(s) in {path}", file=sys.stderr)
+        pairs = {s.next_sentence_pairs for s in self.sources}
+        if len(pairs) > 1:
+            raise BertkitError(f"{path}: mixes data with next-sentence pairs and data without (--no_nsp); "
+                               "train on one kind")
+        self.next_sentence_pairs = pairs.pop()  # False: one-segment instances, masked LM alone
 
     def _open(self, path: Path) -> list[_Source]:
         if shardfile.is_dataset(path):
@@ -124,6 +131,8 @@ class PretrainingDataset:
 
 
 class _Source:
+    next_sentence_pairs = True  # the instances are sentence pairs with a next-sentence label
+
     def __len__(self) -> int:
         raise NotImplementedError
 
@@ -165,6 +174,7 @@ class _ShardSource(_Source):
         self._verified = [owner.skip_corrupt] * len(entries)  # with skip_corrupt they were checked above
         self._shards: list[shardfile.Shard | None] = [None] * len(entries)
         self._word_start = None
+        self.next_sentence_pairs = settings.get("next_sentence_pairs", True)
         self.masked_lm_prob = owner.masked_lm_prob
         if self.masked_lm_prob is None:
             self.masked_lm_prob = settings.get("masked_lm_prob", 0.15)

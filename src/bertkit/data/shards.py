@@ -1,7 +1,8 @@
 """bertkit's pretraining shards and the manifest that lists them.
 
 A dataset is a folder: `manifest.json`, the shards it lists, and `vocab.txt` (the vocabulary its ids
-refer to). A shard holds unmasked instances, `[CLS] A [SEP] B [SEP]`, packed end to end:
+refer to). A shard holds unmasked instances, `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]` alone in
+a dataset whose manifest says `"next_sentence_pairs": false`), packed end to end:
 
     bytes 0..8     magic b"BKSHARD" + format version byte
     bytes 8..12    uint32 little-endian length of the JSON header that follows
@@ -210,6 +211,7 @@ def _settings_problem(s: dict) -> str | None:
         "masked_lm_prob": isinstance(s.get("masked_lm_prob"), (int, float)) and not isinstance(
             s["masked_lm_prob"], bool) and 0 <= s["masked_lm_prob"] <= 1,
         "whole_word_mask": isinstance(s.get("whole_word_mask", False), bool),
+        "next_sentence_pairs": isinstance(s.get("next_sentence_pairs", True), bool),
         "special_ids": isinstance(ids, dict) and all(
             _count(ids.get(k)) and ids[k] < vocab for k in ("cls", "sep", "mask", "pad")),
         "vocab_file": _plain_name(s.get("vocab_file", "vocab.txt")),

@@ -9,6 +9,8 @@ seed's run_pretraining.py. One process per device; for many, start it with torch
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,10 +28,10 @@ from bertkit.distributed import Dist, init, matmul_peak, parallelize
 from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.model import BertForPreTraining, pretraining_flops
 from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_optimizer
-from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
 from bertkit.tasks.common import (ModelSettings, RunSettings, add_run_flags, open_log, resolve_model, run_command,
                                   settings_record, start_or_resume, write_results)
+from bertkit.tasks.pretrain_recipe import choose_schedule
 from bertkit.tokenizer import load_vocab
 from bertkit.train import CheckpointManager, LoopConfig, StopFlag, fit, infer, log_evaluation
 
@@ -57,10 +59,14 @@ def parser() -> ArgumentParser:
     flag(p, "max_predictions_per_seq", type=int, default=20, help="Most masked positions per sequence. Must match data generation.")
     flag(p, "num_train_steps", type=int, default=100000, help="Optimizer steps in all (a resumed run counts the steps done).")
     flag(p, "num_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    flag(p, "num_warmup_steps", type=int, default=10000, help=(
-        "Linear warm-up steps before polynomial decay. May exceed --num_train_steps (the rate then stays in "
-        "warm-up, with a note), as in Google's and NVIDIA's schedules."))
-    flag(p, "learning_rate", type=float, default=5e-5, help="Peak learning rate.")
+    flag(p, "num_warmup_steps", type=int, default=None, help=(
+        "Linear warm-up steps before polynomial decay (default: run_pretraining.py's 10000, or the "
+        "continued-pretraining recipe's). May exceed --num_train_steps (the rate then stays in warm-up, with "
+        "a note), as in Google's and NVIDIA's schedules."))
+    flag(p, "learning_rate", type=float, default=None, help=(
+        "Peak learning rate, exactly as given. Default: with --init_checkpoint, the continued-pretraining "
+        "recipe for the optimizer and global batch (printed at start, recorded in run.json); without, "
+        "run_pretraining.py's 5e-5."))
     flag(p, "poly_power", type=float, default=0.5, help="Power of the polynomial decay after warm-up (NVIDIA's recipe: 0.5).")
     flag(p, "optimizer", choices=("lamb", "adamw"), default="lamb", help="LAMB (default) or AdamW.")
     flag(p, "weight_decay", type=float, default=0.01, help="Weight decay, except biases and LayerNorm.")
@@ -90,19 +96,23 @@ def parser() -> ArgumentParser:
     return p
 
 
-def pretraining_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Masked-LM cross-entropy over the real masked positions plus next-sentence cross-entropy."""
+def pretraining_loss(model, b: dict, nsp: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Masked-LM cross-entropy over the real masked positions plus next-sentence cross-entropy
+    (without `nsp`, for data made with --no_nsp: masked LM alone)."""
     w = b["masked_lm_weights"]  # (B, P), 1 for real predictions, 0 for padding
     real = w != 0  # (B, P); NaN weights stay in, so that a NaN batch shows in the loss
-    mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"], real)  # (Np,V), (B,2)
+    mlm, logits_nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"], real)  # (Np,V), (B,2)
     w, labels = w[real], b["masked_lm_ids"][real]  # (Np,) each
     ce = F.cross_entropy(mlm.float(), labels, reduction="none")  # (Np,)
     n = w.sum().clamp(min=1.0)
     mlm_loss = (ce * w).sum() / n
-    nsp_loss = F.cross_entropy(nsp.float(), b["next_sentence_labels"])
     with torch.no_grad():
         mlm_acc = ((mlm.argmax(-1) == labels).float() * w).sum() / n
-        nsp_acc = (nsp.argmax(-1) == b["next_sentence_labels"]).float().mean()
+    if not nsp:
+        return mlm_loss, {"mlm_loss": mlm_loss, "mlm_acc": mlm_acc}
+    nsp_loss = F.cross_entropy(logits_nsp.float(), b["next_sentence_labels"])
+    with torch.no_grad():
+        nsp_acc = (logits_nsp.argmax(-1) == b["next_sentence_labels"]).float().mean()
     return mlm_loss + nsp_loss, {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "mlm_acc": mlm_acc, "nsp_acc": nsp_acc}
 
 
@@ -147,8 +157,8 @@ class PretrainSettings:
     max_predictions_per_seq: int
     num_train_steps: int
     num_accumulation_steps: int
-    num_warmup_steps: int
-    learning_rate: float
+    num_warmup_steps: int | None  # None until `resolved` (pretrain_recipe)
+    learning_rate: float | None
     poly_power: float
     optimizer: str
     weight_decay: float
@@ -165,17 +175,18 @@ class PretrainSettings:
     allreduce_post_accumulation: bool
     model: ModelSettings
     run: RunSettings
+    schedule: str = "flags"  # where the rate and warm-up came from (pretrain_recipe.Schedule.source)
 
     def __post_init__(self) -> None:
         for name in ("train_batch_size", "eval_batch_size", "max_seq_length", "max_predictions_per_seq",
                      "num_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise BertkitError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_warmup_steps < 0 or self.num_train_steps < 0:
+        if (self.num_warmup_steps or 0) < 0 or self.num_train_steps < 0:
             raise BertkitError("--num_warmup_steps and --num_train_steps must be >= 0")
         if self.masked_lm_prob is not None and not 0 < self.masked_lm_prob < 1:
             raise BertkitError(f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise BertkitError(f"--learning_rate must be > 0, got {self.learning_rate}")
         for name in ("max_seconds", "peak_tflops"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
@@ -194,16 +205,20 @@ class PretrainSettings:
             raise BertkitError("give --bert_config_file or --model_variant, not both")
         model = ModelSettings(args.bert_config_file or args.model_variant, args.init_checkpoint, args.vocab_file,
                               args.do_lower_case)
-        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("model", "run")}
+        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("model", "run", "schedule")}
         return cls(**own, model=model, run=RunSettings.from_args(args, "fp16" if args.amp else "fp32"))
+
+    def resolved(self, global_batch: int) -> tuple[PretrainSettings, str | None]:
+        """These settings with the rate and warm-up chosen (`pretrain_recipe`), and the line to print."""
+        chosen = choose_schedule(self.learning_rate, self.num_warmup_steps, self.optimizer, global_batch,
+                                 self.num_train_steps, self.model.init_checkpoint)
+        return dataclasses.replace(self, learning_rate=chosen.learning_rate, num_warmup_steps=chosen.num_warmup_steps,
+                                   schedule=chosen.source), chosen.note
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     s = PretrainSettings.from_args(args)
-    note = long_warmup_note(s.num_warmup_steps, s.num_train_steps)
-    if note and s.do_train and env_ranks()[0] == 0:
-        print(note, file=sys.stderr)
     if args.use_xla:
         print("note: --use_xla is a TensorFlow option; bertkit's equivalent is --compile", file=sys.stderr)
     return run_command(lambda stop: train_and_evaluate(s, init(s.run.device, tf32=s.run.tf32), stop), s.run.output_dir)
@@ -229,8 +244,16 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
     vocab = load_vocab(m.vocab_file)
     if data_vocab.is_file() and load_vocab(data_vocab) != vocab:
         raise BertkitError(f"{s.input_files_dir} was made with another vocabulary than {m.vocab_file}")
+    train_data = dataset(s.input_files_dir, s, vocab) if s.do_train else None
+    eval_data = dataset(s.eval_files_dir, s, vocab) if s.do_eval else None
+    mlm_only = train_data is not None and not train_data.next_sentence_pairs  # data made with --no_nsp
 
     global_batch = s.train_batch_size * s.num_accumulation_steps * d.world_size
+    s, note = s.resolved(global_batch)
+    if s.do_train and d.is_main:
+        for line in (note, long_warmup_note(s.num_warmup_steps, s.num_train_steps)):
+            if line:
+                print(line, file=sys.stderr)
     run_id = {"task": "pretrain", "config": m.config.to_dict(), "input_files_dir": str(s.input_files_dir),
               "train_batch_size": s.train_batch_size, "global_batch": global_batch,
               "max_seq_length": s.max_seq_length, "max_predictions_per_seq": s.max_predictions_per_seq,
@@ -243,6 +266,9 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
     model.bert.unpad = run.unpad
     if m.state is not None:
         load_weights(model, m.state, str(s.model.init_checkpoint))
+    if mlm_only:  # no gradient reaches them: out of the optimizer, so nothing (weight decay) moves them
+        model.nsp.requires_grad_(False)
+        model.bert.pooler.requires_grad_(False)
 
     log = open_log(out, run.dllog_path, d, s.num_train_steps, "pretrain", parameters=settings_record(s))
     ckpt = CheckpointManager(out, m.config, m.vocab_file, m.lowercase, run_id, s.save_checkpoints_steps,
@@ -256,14 +282,16 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
     log.print(f"pretraining {m.config.num_hidden_layers}L/{m.config.hidden_size}H on {d.world_size} process(es), "
               f"{d.device.type}, {run.precision}; global batch {global_batch} = {s.train_batch_size} per "
               f"process x {s.num_accumulation_steps} accumulation x {d.world_size} process(es)")
+    if mlm_only:
+        log.print(f"masked LM alone: {s.input_files_dir} has no next-sentence pairs (made with --no_nsp); the "
+                  "next-sentence head and the pooler keep their weights")
 
     eval_fn = None
-    if s.do_eval:
-        eval_data = dataset(s.eval_files_dir, s, vocab)
-        eval_fn = lambda net: evaluate(net, eval_data, s, d)  # noqa: E731
+    if eval_data is not None:
+        with_nsp = eval_data.next_sentence_pairs and not mlm_only  # an untrained head's score means nothing
+        eval_fn = lambda net: evaluate(net, eval_data, s, d, with_nsp)  # noqa: E731
     result: dict = {}
-    if s.do_train:
-        train_data = dataset(s.input_files_dir, s, vocab)
+    if train_data is not None:
         stream = Stream(train_data, s.train_batch_size,
                         lambda items: drop_full_mask(collate(items, s.max_predictions_per_seq)), seed=run.seed,
                         rank=d.rank, world_size=d.world_size)
@@ -275,7 +303,8 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
                           skip_nonfinite=run.skip_nonfinite, fp32_modules=run.fp32_modules,
                           max_seconds=s.max_seconds, flops=lambda batch: batch_flops(m.config, batch),
                           peak_flops=peak_flops(s, d, log))
-        result = fit(ddp_model, optimizer, pretraining_loss, stream, loop, d, log, ckpt, start_step, eval_fn,
+        loss_fn = functools.partial(pretraining_loss, nsp=not mlm_only)
+        result = fit(ddp_model, optimizer, loss_fn, stream, loop, d, log, ckpt, start_step, eval_fn,
                      scaler_state, stop)
         result["peak_tflops"] = round(loop.peak_flops / 1e12, 4)
         skipped = getattr(train_data, "corrupt_skipped", 0)
@@ -289,16 +318,16 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
     return 0
 
 
-def evaluate(model, data, s: PretrainSettings, d: Dist) -> dict:
-    """Masked-LM accuracy and loss, next-sentence accuracy over the first batches of the evaluation
-    set (fixed masks), through `infer`: the same numbers whatever the number of ranks."""
+def evaluate(model, data, s: PretrainSettings, d: Dist, with_nsp: bool = True) -> dict:
+    """Masked-LM accuracy and loss (and next-sentence accuracy `with_nsp`) over the first batches of
+    the evaluation set (fixed masks), through `infer`: the same numbers whatever the number of ranks."""
     data.set_epoch(0)
     items = [data[i] for i in range(min(len(data), s.max_eval_steps * s.eval_batch_size))]
     rows = infer(model, items, lambda batch: collate(batch, s.max_predictions_per_seq), evaluation_rows,
                  s.eval_batch_size, d, s.run.precision, length=lambda item: len(item["input_ids"]))
     correct, loss, count, nsp_correct = np.sum(rows, axis=0) if rows else np.zeros(4)
-    return {"mlm_accuracy": correct / max(count, 1), "mlm_loss": loss / max(count, 1),
-            "nsp_accuracy": nsp_correct / max(len(rows), 1), "sequences": len(rows)}
+    nsp = {"nsp_accuracy": nsp_correct / max(len(rows), 1)} if with_nsp else {}
+    return {"mlm_accuracy": correct / max(count, 1), "mlm_loss": loss / max(count, 1), **nsp, "sequences": len(rows)}
 
 
 def evaluation_rows(model, b: dict) -> list[np.ndarray]:
