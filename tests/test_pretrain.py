@@ -166,6 +166,20 @@ def test_max_seconds_stops_with_a_checkpoint_that_resumes_bit_identically(datase
     assert "MFU against" not in rest.stderr  # --peak_tflops given: nothing measured
 
 
+def test_max_seconds_stops_all_ranks_at_the_same_step(dataset, tmp_path):
+    """Two processes whose clocks differ: the budget stop is agreed in the step's all-reduce, so both
+    stop after the same step (a rank that went on alone would wait on the other until the timeout)."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(free_port()), "-m", "bertkit", "pretrain",
+                        *args(dataset, tmp_path, steps=500, max_seconds=1.5, peak_tflops=0.05,
+                              save_checkpoints_steps=1000)],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    step = json.loads((tmp_path / "results.json").read_text())["step"]
+    assert 1 <= step < 500 and f"the time budget ended the run at step {step} of 500" in r.stderr
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt-{step:08d}"]
+
+
 def test_overfit_reaches_high_mlm_accuracy(dataset, tmp_path):
     """The seed's overfit test set: a tiny model learns its own small data (fixed masks here: TFRecord)."""
     t0 = time.time()

@@ -303,7 +303,7 @@ def train_and_evaluate(s: PretrainSettings, d: Dist, stop: StopFlag) -> int:
                           skip_nonfinite=run.skip_nonfinite, fp32_modules=run.fp32_modules,
                           max_seconds=s.max_seconds, flops=lambda batch: batch_flops(m.config, batch),
                           peak_flops=peak_flops(s, d, log))
-        loss_fn = functools.partial(pretraining_loss, nsp=not mlm_only)
+        loss_fn = functools.partial(pretraining_loss, nsp=False) if mlm_only else pretraining_loss
         result = fit(ddp_model, optimizer, loss_fn, stream, loop, d, log, ckpt, start_step, eval_fn,
                      scaler_state, stop)
         result["peak_tflops"] = round(loop.peak_flops / 1e12, 4)
