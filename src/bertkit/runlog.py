@@ -2,8 +2,8 @@
 seed's --dllog_path, NVIDIA dllogger's stream), written on the main process only; the training
 clock; and the meter that turns the steps between two records into means, throughput and MFU.
 
-Every record carries `wall_s`, the seconds since the log was opened (the start of the run in this
-process, evaluation included). The loop's records also carry `train_s`, the seconds spent in
+Every record carries `wall_s`, the wall-clock seconds since the log was opened (in this process,
+once the model is built; evaluation included). The loop's records also carry `train_s`, the seconds spent in
 training steps, evaluation left out and carried over a resume (see `Clock`)."""
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class Clock:
         self.stopped = time.perf_counter()
 
     def this_run(self) -> float:
-        return (self.stopped or time.perf_counter()) - self.started - self.excluded
+        end = self.stopped if self.stopped is not None else time.perf_counter()
+        return end - self.started - self.excluded
 
     def train_s(self) -> float:
         return self.carried + self.this_run()

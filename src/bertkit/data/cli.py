@@ -91,6 +91,12 @@ def _instance_flags(p) -> None:
          help="Replace a dataset made from other inputs or settings in the output folder (else refused).")
 
 
+def _check_no_nsp(args) -> None:
+    if args.no_nsp and args.short_seq_prob != 0.1:
+        print("warning: --short_seq_prob has no effect with --no_nsp (blocks are filled to --max_seq_length)",
+              file=sys.stderr)
+
+
 def _vocab(args) -> str:
     return args.vocab_file or str(vocab_path())
 
@@ -141,6 +147,7 @@ def _create(argv: list[str]) -> int:
     _instance_flags(p)
     _pipeline_flags(p, "sentences")
     args = p.parse_args(argv)
+    _check_no_nsp(args)
     started = time.time()
     config = PrepareConfig(
         inputs=_inputs(args.inputs, args.input_file), output=args.output_dir, input_format=args.input_format,
@@ -231,6 +238,7 @@ def _prepare(argv: list[str]) -> int:
         assert all(len(ph) == 2 for ph in phases)
     except (ValueError, AssertionError):
         raise BertkitError(f"--phases: expected LENGTH:PREDICTIONS[,...], got {args.phases!r}") from None
+    _check_no_nsp(args)
     started = time.time()
     rank, world = env_ranks()[:2]
     work = Path(args.workdir)
