@@ -8,9 +8,11 @@ One literal name map serves every direction and the tests:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,8 +20,8 @@ import numpy as np
 import torch
 
 from bertkit import BertkitError
-from bertkit.checkpoint import (check_shapes, is_model_folder, is_tf_prefix, load_model_folder, load_pickle,
-                                resolve_checkpoint, save_model)
+from bertkit.checkpoint import (check_shapes, is_model_folder, is_tf_prefix, latest_checkpoint, list_checkpoints,
+                                load_model_folder, load_pickle, resolve_checkpoint, save_model)
 from bertkit.config import BertConfig
 
 # bertkit name, Hugging Face name, Google TF variable. "{i}" is the layer index. Google stores dense
@@ -130,7 +132,11 @@ def hf_config(d: dict, source: str) -> BertConfig:
     return BertConfig.from_dict({**{k: d[k] for k in keys if k in d}, "hidden_act": act}, source)
 
 
-def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+def read_hf(folder: Path, workdir: str | os.PathLike | None = None
+            ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+    """A Hugging Face folder. Its vocabulary is vocab.txt, or, in a folder that transformers 5
+    saved (tokenizer.json alone), the WordPiece vocabulary of tokenizer.json written out as a
+    vocab.txt in `workdir` (a temporary folder removed at exit when None)."""
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, RecursionError) as e:
@@ -151,17 +157,43 @@ def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bo
         raise BertkitError(f"{folder}: no model.safetensors or pytorch_model.bin")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise BertkitError(f"{folder}: the weights file does not hold a name -> tensor mapping")
-    vocab = folder / "vocab.txt"
+    vocab, lower = folder / "vocab.txt", True
     if not vocab.is_file():
-        raise BertkitError(f"{folder}: no vocab.txt beside the weights")
-    lower = True
+        vocab, lower = vocab_from_tokenizer_json(folder, workdir)
     try:
-        lower = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+        lower = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", lower))
     except (OSError, ValueError, AttributeError, RecursionError):
         pass
     state = from_hf(state, config.num_hidden_layers, str(folder))
     check_shapes(config, state, str(path), str(folder / "config.json"))
     return config, state, vocab, lower
+
+
+def vocab_from_tokenizer_json(folder: Path, workdir: str | os.PathLike | None) -> tuple[Path, bool]:
+    """vocab.txt (tokens in id order) and lower-casing from the WordPiece tokenizer.json of `folder`."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise BertkitError(f"{folder}: no vocab.txt (nor tokenizer.json) beside the weights")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        model, normalizer = spec["model"], spec.get("normalizer") or {}
+        if model.get("type") != "WordPiece":
+            raise BertkitError(f"{path}: a {model.get('type')} tokenizer; BERT needs WordPiece")
+        ids = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        if [i for _, i in ids] != list(range(len(ids))):
+            raise BertkitError(f"{path}: the vocabulary's ids are not 0..{len(ids) - 1}")
+        tokens = [t for t, _ in ids]
+        if any("\n" in t for t in tokens):
+            raise BertkitError(f"{path}: a token holds a line break; it cannot be a vocab.txt line")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise BertkitError(f"{path}: unreadable tokenizer ({e})") from None
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="bertkit-vocab-")
+        atexit.register(shutil.rmtree, workdir, True)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    vocab = Path(workdir) / "vocab.txt"
+    vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    return vocab, bool(normalizer.get("lowercase", True))
 
 
 def read_google(folder: Path, prefix: Path | None = None) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
@@ -187,8 +219,14 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
              ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
     """(config, bertkit state dict, vocab path, lowercase) from any supported source. A zip is
     unpacked into `workdir`, which must outlive the returned vocab path. TensorFlow's names are
-    taken too (see `resolve_checkpoint`): a checkpoint prefix, `model.ckpt-N` of an output folder."""
+    taken too (see `resolve_checkpoint`): a checkpoint prefix, `model.ckpt-N` of an output folder;
+    a training output folder stands for its newest valid checkpoint."""
     src = resolve_checkpoint(src)
+    if src.is_dir() and not is_model_folder(src) and list_checkpoints(src):  # a training output folder
+        newest = latest_checkpoint(src)
+        if newest is None:
+            raise BertkitError(f"{src} holds no valid checkpoint")
+        src = newest
     if is_tf_prefix(src):
         found = read_google(src.parent, prefix=src)
         return _check_vocab(found)
@@ -208,7 +246,7 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
         config, state, vocab, meta = load_model_folder(src)
         found = config, state, vocab, bool(meta.get("do_lower_case", True))
     elif (src / "config.json").is_file():
-        found = read_hf(src)
+        found = read_hf(src, workdir)
     elif (src / "bert_config.json").is_file():
         found = read_google(src)
     else:
@@ -277,7 +315,8 @@ def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="bertkit convert", description=(
         "Convert a BERT checkpoint. SRC may be a Google checkpoint zip, folder or prefix (bert_config.json, "
         "vocab.txt, bert_model.ckpt.*; TensorFlow is not needed), a Hugging Face folder (config.json, "
-        "model.safetensors or pytorch_model.bin, vocab.txt) or a bertkit folder."))
+        "model.safetensors or pytorch_model.bin, vocab.txt or tokenizer.json), a bertkit folder, or a "
+        "training output folder (its newest valid checkpoint)."))
     p.add_argument("--input", "-i", required=True, help="Checkpoint zip, folder or TensorFlow prefix to read.")
     p.add_argument("--output", "-o", required=True, help="Folder to write; replaced atomically.")
     p.add_argument("--format", choices=("bertkit", "hf"), default="bertkit",

@@ -210,19 +210,13 @@ def _difference(saved: dict | None, run: dict) -> str:
 def initial_weights(init_checkpoint: str | None, do_lower_case: bool
                     ) -> tuple[BertConfig | None, dict | None, Path | None, bool]:
     """(config, state, vocab, lowercase) of an --init_checkpoint, or (None, None, None,
-    do_lower_case) without one. The checkpoint may be anything `bertkit convert` reads, or a
-    training output folder (its newest valid checkpoint is taken)."""
+    do_lower_case) without one. The checkpoint may be anything `bertkit convert` reads (a training
+    output folder among them: its newest valid checkpoint)."""
     if not init_checkpoint:
         return None, None, None, do_lower_case
-    src = Path(init_checkpoint)
-    if src.is_dir() and list_checkpoints(src):  # a training output folder: its newest checkpoint
-        found = latest_checkpoint(src)
-        if found is None:
-            raise BertkitError(f"--init_checkpoint: {src} holds no valid checkpoint")
-        src = found
     work = tempfile.mkdtemp(prefix="bertkit-init-")  # a zip unpacks here; its vocab is used all run
     atexit.register(shutil.rmtree, work, True)
-    return read_any(src, work)
+    return read_any(init_checkpoint, work)
 
 
 @dataclass
