@@ -75,15 +75,41 @@ def file_format(path: str | os.PathLike, given: str | None = None) -> str:
     return found
 
 
-def decode(path: Path, raw: bytes, separator: bytes = b"\t") -> str:
-    """UTF-8 text (a byte order mark dropped); a bad byte is one error naming its line and field."""
+def decode(path: Path, raw: bytes, fmt: str = "txt", header: Sequence[str] | None = None) -> str:
+    """UTF-8 text (a byte order mark dropped); a bad byte is one error naming its line and the
+    column (or JSON key) that holds it."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        start = raw.rfind(b"\n", 0, e.start) + 1
         line = raw[: e.start].count(b"\n") + 1
-        field = raw[start: e.start].count(separator) + 1
-        raise BertkitError(f"{path}:{line}: field {field}: not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+        where = bad_column(path, raw.decode("utf-8-sig", "surrogateescape"), fmt, header)
+        raise BertkitError(f"{path}:{line}:{where} not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+
+
+def bad_column(path: Path, text: str, fmt: str, header: Sequence[str] | None) -> str:
+    """' column NAME:' for the first field holding an undecodable byte (kept as a surrogate escape)."""
+    def bad(v: object) -> bool:
+        return isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v)
+
+    try:
+        if fmt in ("csv", "tsv"):
+            names = header
+            for _, fields in _rows(path, text, fmt):
+                if names is None:
+                    names = fields  # a bad byte in the header itself: named by its position below
+                for i, v in enumerate(fields):
+                    if bad(v):
+                        return f" column {names[i].strip()!r}:" if names is not fields and i < len(names) else \
+                            f" column {i + 1}:"
+        elif fmt == "jsonl":
+            for line in text.split("\n"):
+                if bad(line):
+                    obj = json.loads(line)
+                    key = next((k for k, v in obj.items() if bad(v) or bad(k)), None) if isinstance(obj, dict) else None
+                    return f" key {key!r}:" if key is not None else ""
+    except (BertkitError, ValueError, RecursionError):
+        pass  # the row is malformed too: the line alone is named
+    return ""
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -105,9 +131,9 @@ def read_table(path: str | os.PathLike, fmt: str | None = None, header: Sequence
     fmt = file_format(path, fmt)
     raw = read_bytes(path)
     if fmt == "jsonl":
-        table = _read_jsonl(path, decode(path, raw, b","))
+        table = _read_jsonl(path, decode(path, raw, fmt))
     elif fmt in ("csv", "tsv"):
-        table = _read_delimited(path, decode(path, raw, b"," if fmt == "csv" else b"\t"), fmt, header)
+        table = _read_delimited(path, decode(path, raw, fmt, header), fmt, header)
     else:
         raise BertkitError(f"{path}: a {fmt} file holds no columns; give a CSV, TSV or JSON Lines file")
     if not table.records:
@@ -172,7 +198,7 @@ def read_lines(path: str | os.PathLike, pair: bool) -> Table:
     """A plain text file: one example per line (`text`), or with `pair` two tab-separated texts
     (`text`, `text_pair`). Blank lines are skipped."""
     path = Path(path)
-    text = decode(path, read_bytes(path))
+    text = decode(path, read_bytes(path), "tsv" if pair else "txt", ["text", "text_pair"] if pair else None)
     columns = ["text", "text_pair"] if pair else ["text"]
     records = []
     for n, line in enumerate(text.split("\n"), start=1):
