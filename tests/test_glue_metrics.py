@@ -81,3 +81,16 @@ def test_classification_scores_name_what_glue_reports():
     assert metrics.classification_scores(p, y, "matthews") == {
         "matthews_correlation": pytest.approx(matthews_corrcoef(y, p)), "accuracy": pytest.approx(accuracy_score(y, p))}
     assert set(metrics.classification_scores(p, y, "accuracy_f1")) == {"f1", "accuracy"}
+
+
+def test_bertkit_itself_never_imports_the_reference_libraries():
+    """scikit-learn and SciPy are the tests' references only (pyproject's test extra)."""
+    import ast
+
+    from conftest import REPO
+
+    for path in (REPO / "src" / "bertkit").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("sklearn", "scipy") for n in names), path
