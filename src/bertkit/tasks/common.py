@@ -26,12 +26,13 @@ from bertkit import BertkitError
 from bertkit.checkpoint import OPTIMIZER, latest_checkpoint, list_checkpoints
 from bertkit.config import VARIANTS, BertConfig, resolve
 from bertkit.data.bundled import vocab_path
-from bertkit.convert import read_any
+from bertkit.convert import read_any, read_task
 from bertkit.distributed import Dist, shutdown
 from bertkit.flags import PRECISIONS, flag, parse_bool
 from bertkit.io import os_error_message, write_json
 from bertkit.ranks import env_ranks
 from bertkit.runlog import RunLog
+from bertkit.task_record import TaskRecord
 from bertkit.tokenizer import load_vocab
 from bertkit.train import CheckpointManager, StopFlag, Stopped
 
@@ -227,6 +228,7 @@ class StartingModel:
     state: dict | None
     vocab_file: Path
     lowercase: bool
+    task: TaskRecord | None = None  # the task record of a fine-tuned --init_checkpoint
 
 
 def resolve_model(m: ModelSettings, max_seq_length: int, more_vocabs: tuple[Path | None, ...] = ()
@@ -254,7 +256,8 @@ def resolve_model(m: ModelSettings, max_seq_length: int, more_vocabs: tuple[Path
     if max_seq_length > config.max_position_embeddings:
         raise BertkitError(f"--max_seq_length {max_seq_length} exceeds the model's "
                            f"max_position_embeddings {config.max_position_embeddings}")
-    return StartingModel(config, state, vocab_file, lowercase)
+    return StartingModel(config, state, vocab_file, lowercase,
+                         read_task(m.init_checkpoint) if m.init_checkpoint else None)
 
 
 def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int, desc: str,
