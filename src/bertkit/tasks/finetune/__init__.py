@@ -1,9 +1,10 @@
-"""`bertkit finetune mrpc|squad`: the dispatch to the task.
+"""`bertkit finetune mrpc|squad|ner`: the dispatch to the task.
 
-Each task module (mrpc.py, squad.py) parses its flags, reads its data (mrpc_data.py, squad_data.py)
-and calls the runner (runner.py): `setup` (model shape, weights, vocabulary, processes), `train`
-(AdamW, warmup then linear decay, gradient clipping, the one training loop) and `infer` (evaluation
-batches spread over the ranks and gathered, so scores do not depend on the number of processes).
+Each task module (mrpc.py, squad.py, ner.py) parses its flags, reads its data (mrpc_data.py,
+squad_data.py, ner_data.py) and calls the runner (runner.py): `setup` (model shape, weights,
+vocabulary, processes), `train` (AdamW, warmup then linear decay, gradient clipping, the one
+training loop) and `infer` (evaluation batches spread over the ranks and gathered, so scores do not
+depend on the number of processes).
 Under torchrun:
 
     torchrun --nproc_per_node 8 -m bertkit finetune mrpc --data_dir glue/MRPC \\
@@ -13,9 +14,9 @@ Under torchrun:
 from __future__ import annotations
 
 from bertkit import BertkitError
-from bertkit.tasks.finetune import mrpc, squad
+from bertkit.tasks.finetune import mrpc, ner, squad
 
-TASKS = {"mrpc": mrpc.main, "squad": squad.main}
+TASKS = {"mrpc": mrpc.main, "squad": squad.main, "ner": ner.main}
 
 
 def main(argv: list[str]) -> int:
@@ -26,10 +27,11 @@ def main(argv: list[str]) -> int:
     return TASKS[task](rest)
 
 
-USAGE = """usage: bertkit finetune {mrpc,squad} [flags]
+USAGE = """usage: bertkit finetune {mrpc,squad,ner} [flags]
 
   mrpc   paraphrase classification on GLUE's MRPC (the seed's run_classifier.py flags)
   squad  span question answering on SQuAD v1.1 / v2.0 (the seed's run_squad.py flags)
+  ner    named-entity tagging on CoNLL-2003 style or JSON Lines files
 
 `--task_name=MRPC` may stand in for the task word. Run `bertkit finetune mrpc --help` for a task's flags."""
 
