@@ -19,8 +19,9 @@ import torch
 
 from bertkit import BertkitError
 from bertkit.checkpoint import (check_shapes, is_model_folder, is_tf_prefix, load_model_folder, load_pickle,
-                                resolve_checkpoint, save_model)
+                                load_task, resolve_checkpoint, save_model)
 from bertkit.config import BertConfig
+from bertkit.task_record import TaskRecord
 
 # bertkit name, Hugging Face name, Google TF variable. "{i}" is the layer index. Google stores dense
 # kernels as [in, out]; every ".../kernel" is transposed on the way in.
@@ -216,6 +217,13 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
     return _check_vocab(found)
 
 
+def read_task(src: str | os.PathLike) -> TaskRecord | None:
+    """The task record of a checkpoint `read_any` reads: a bertkit folder's task.json, else None
+    (pretrained weights, foreign formats, folders fine-tuned before task records)."""
+    src = resolve_checkpoint(src)
+    return load_task(src) if src.is_dir() and is_model_folder(src) else None
+
+
 def _check_vocab(found: tuple) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
     config, vocab = found[0], found[2]
     from bertkit.tokenizer import load_vocab
@@ -228,8 +236,10 @@ def _check_vocab(found: tuple) -> tuple[BertConfig, dict[str, torch.Tensor], Pat
 
 
 def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, torch.Tensor],
-             vocab: Path, lowercase: bool) -> None:
-    """A folder that `transformers` loads: config.json, model.safetensors, vocab.txt."""
+             vocab: Path, lowercase: bool, task: TaskRecord | None = None) -> None:
+    """A folder that `transformers` loads: config.json, model.safetensors, vocab.txt. A classifier's
+    label names come from its task record (`id2label`, `label2id`; `problem_type` regression for a
+    one-output regression head), else LABEL_0, LABEL_1, ..."""
     import shutil
 
     from safetensors.torch import save_file
@@ -237,7 +247,9 @@ def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, tor
     from bertkit.io import atomic_path
 
     heads = {k.split(".")[0] for k in state if not k.startswith("bert.")}
-    arch = ("BertForPreTraining" if "mlm" in heads else "BertForSequenceClassification" if "classifier" in heads
+    tokens = task is not None and task.head == "token_classification"
+    arch = ("BertForPreTraining" if "mlm" in heads else
+            ("BertForTokenClassification" if tokens else "BertForSequenceClassification") if "classifier" in heads
             else "BertForQuestionAnswering" if "qa" in heads else "BertModel")
     hf = to_hf(state, config.num_hidden_layers)
     if arch == "BertModel":
@@ -247,8 +259,13 @@ def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, tor
            "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(config.hidden_act, config.hidden_act)}
     if "classifier" in heads:
         n = state["classifier.weight"].shape[0]
-        cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
-        cfg["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+        names = [f"LABEL_{i}" for i in range(n)]
+        if task is not None and task.labels is not None and len(task.labels) == n:
+            names = list(task.labels)
+        cfg["id2label"] = {str(i): name for i, name in enumerate(names)}
+        cfg["label2id"] = {name: i for i, name in enumerate(names)}
+        if task is not None and not tokens:
+            cfg["problem_type"] = "regression" if task.problem == "regression" else "single_label_classification"
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous() for k, v in hf.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -262,10 +279,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "bertkit"
     """Convert any supported checkpoint into a bertkit (or Hugging Face) folder at `dst`."""
     with tempfile.TemporaryDirectory(prefix="bertkit-convert-") as work:
         config, state, vocab, lower = read_any(src, work)
+        task = read_task(src)
         if fmt == "hf":
-            write_hf(dst, config, state, vocab, lower)
+            write_hf(dst, config, state, vocab, lower, task)
         elif fmt == "bertkit":
-            save_model(dst, config, state, vocab, lowercase=lower, extra={"converted_from": str(src)})
+            save_model(dst, config, state, vocab, lowercase=lower, extra={"converted_from": str(src)}, task=task)
         else:
             raise BertkitError(f"--format must be bertkit or hf, got {fmt!r}")
     return Path(dst)

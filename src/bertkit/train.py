@@ -33,6 +33,7 @@ from bertkit.flags import PRECISIONS
 from bertkit.optim import clips_gradients
 from bertkit.runlog import RunLog
 from bertkit.stream import Stream, to_device
+from bertkit.task_record import TaskRecord
 
 
 @dataclass
@@ -133,6 +134,7 @@ class CheckpointManager:
     run: dict = field(default_factory=dict)  # the run's identity, stored with each checkpoint
     every: int = 0
     keep: int = 3
+    task: TaskRecord | None = None  # a fine-tuned head's task record, saved as each checkpoint's task.json
 
     def due(self, step: int, total_steps: int) -> bool:
         """A checkpoint is due at every `every`-th step before the last (the last is always saved)."""
@@ -145,7 +147,7 @@ class CheckpointManager:
             state = {k: v.float() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
             trainer = {"run": self.run, "grad_scaler": scaler_state}
             folder = save_training(self.output_dir, step, self.config, state, self.vocab_file,
-                                   self.lowercase, optimizer.state_dict(), trainer, self.keep)
+                                   self.lowercase, optimizer.state_dict(), trainer, self.keep, task=self.task)
         barrier()
         return folder
 

@@ -29,6 +29,7 @@ from bertkit import BertkitError
 from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.io import write_atomic, write_json
 from bertkit.model import BertForSequenceClassification
+from bertkit.task_record import TaskRecord
 from bertkit.tasks.finetune import mrpc_data as mrpc
 from bertkit.tasks.finetune import runner as ft
 from bertkit.tasks.common import run_command
@@ -115,8 +116,10 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
     if args.do_train:
         run_id = ft.run_id(s, {"train_file": files["train"]})
         eval_fn = (lambda m: dev_scores(m)[1]) if args.eval_every else None
+        task = TaskRecord("mrpc", "sequence_classification", labels=("0", "1"), max_seq_length=fs.max_seq_length,
+                          text_column="#1 String", text_pair_column="#2 String", label_column="Quality")
         net, summary = ft.train(model, features["train"], collate, classification_loss, len(features["train"]),
-                                s, run_id, stop, eval_fn, args.eval_every)
+                                s, run_id, stop, eval_fn, args.eval_every, task=task)
         if d.is_main:
             write_json(out / "train_results.json", summary)
     else:

@@ -22,6 +22,7 @@ from bertkit.flags import flag, parse_bool
 from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_finetune_optimizer
 from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
+from bertkit.task_record import TaskRecord
 from bertkit.tasks.common import (ModelSettings, RunSettings, add_run_flags, open_log, resolve_model,
                                   settings_record, start_or_resume)
 from bertkit.tasks.finetune.batching import length_grouped_order
@@ -147,6 +148,7 @@ class Setup:
     vocab_file: Path
     lowercase: bool
     tokenizer: WordPiece
+    init_task: TaskRecord | None = None  # the task record of a fine-tuned --init_checkpoint
 
 
 def setup(fs: FinetuneSettings, log=say) -> Setup:
@@ -156,7 +158,8 @@ def setup(fs: FinetuneSettings, log=say) -> Setup:
         log("warning: no --init_checkpoint: fine-tuning starts from random weights")
     fs = fs.resolved(m.config, log)
     d = init(fs.run.device, tf32=fs.run.tf32)
-    return Setup(d, fs, m.config, m.state, m.vocab_file, m.lowercase, WordPiece(m.vocab_file, lowercase=m.lowercase))
+    return Setup(d, fs, m.config, m.state, m.vocab_file, m.lowercase, WordPiece(m.vocab_file, lowercase=m.lowercase),
+                 m.task)
 
 
 def build(model: nn.Module, st: Setup, log=say) -> nn.Module:
@@ -191,12 +194,12 @@ def train_steps(num_examples: int, global_batch: int, epochs: float) -> int:
 
 
 def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Callable, num_examples: int,
-          st: Setup, run: dict, stop: StopFlag, eval_fn: Callable | None = None, eval_every: int = 0
-          ) -> tuple[nn.Module, dict]:
+          st: Setup, run: dict, stop: StopFlag, eval_fn: Callable | None = None, eval_every: int = 0,
+          task: TaskRecord | None = None) -> tuple[nn.Module, dict]:
     """Fine-tune `model` on `features` (a list the collate function batches) with the one training
-    loop; the checkpoint at the end goes to --output_dir. With `eval_fn`, the model is also scored
-    every `eval_every` steps (into the log). Returns the model (wrapped for the processes) and a
-    summary: steps, seconds spent training, the last logged record."""
+    loop; the checkpoint at the end goes to --output_dir, with `task` as its task.json. With
+    `eval_fn`, the model is also scored every `eval_every` steps (into the log). Returns the model
+    (wrapped for the processes) and a summary: steps, seconds spent training, the last logged record."""
     d, fs, rs = st.d, st.settings, st.settings.run
     global_batch = fs.train_batch_size * d.world_size
     steps = train_steps(num_examples, global_batch, fs.num_train_epochs)
@@ -206,7 +209,7 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
     warmup = int(steps * fs.warmup_proportion)
     log = open_log(rs.output_dir, rs.dllog_path, d, steps, f"finetune {fs.task}", parameters=settings_record(fs))
     ckpt = CheckpointManager(rs.output_dir, st.config, st.vocab_file, st.lowercase, run, fs.save_checkpoints_steps,
-                             rs.keep_checkpoints)
+                             rs.keep_checkpoints, task)
     optimizer, start, scaler_state = start_or_resume(
         model, lambda m: make_finetune_optimizer(m, fs.learning_rate, fs.weight_decay, fs.layerwise_lr_decay),
         ckpt, fs, d, log)
