@@ -110,7 +110,7 @@ def tag_sentences(net, sentences, tokenizer, labels, max_seq_length: int, collat
     predicted (long sentences in windows: ner_data.py)."""
     features, _ = nd.make_features(sentences, tokenizer, max_seq_length, {t: i for i, t in enumerate(labels)})
     rows = infer(net, features, collate, word_log_probs, batch_size, d, precision)
-    return [np.concatenate(r) for r in nd.join_windows(features, rows, len(sentences))]
+    return [np.stack(r) for r in nd.join_windows(features, rows, len(sentences))]  # (words, L) each
 
 
 def scores(sentences, logp: list[np.ndarray], labels) -> tuple[list[list[str]], dict]:
