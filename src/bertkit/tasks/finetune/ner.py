@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from bertkit import BertkitError
+from bertkit.convert import read_task
 from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.io import write_atomic, write_json
 from bertkit.model import BertForTokenClassification
 from bertkit.task_record import TaskRecord
-from bertkit.tasks.common import run_command
+from bertkit.tasks.common import init_source, run_command
 from bertkit.tasks.finetune import ner_data as nd
 from bertkit.tasks.finetune import runner as ft
 from bertkit.tasks.finetune.ner_metric import SCHEMES, score
@@ -133,16 +134,17 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
             data[what] = nd.read_tagged(path, args.file_format, args.tag_column, labelled=what != "test")
     scheme = nd.tag_scheme(data["train"], args.train_file, args.tag_scheme, ft.say) if args.do_train else None
     labels = sorted({t for s in data["train"] for t in s.tags}) if args.do_train else None
-
-    s = ft.setup(fs)
-    d, fs = s.d, s.settings
-    out = fs.run.output_dir
-    labels, scheme = model_labels(s.init_task, labels, scheme, fs)
+    init = fs.model.init_checkpoint
+    labels, scheme = model_labels(read_task(init_source(init)) if init else None, labels, scheme, init)
     for what, path in (("eval", args.validation_file), ("test", args.test_file)):
         if what in data:
             nd.check_tags(data[what], labels, path)
             if data[what][0].tags is not None and args.tag_scheme != "auto":
                 nd.tag_scheme(data[what], path, args.tag_scheme, ft.say)
+
+    s = ft.setup(fs)
+    d, fs = s.d, s.settings
+    out = fs.run.output_dir
     torch.manual_seed(fs.run.seed)  # the classifier's initialisation, the same on every rank
     model = ft.build(BertForTokenClassification(s.config, num_labels=len(labels)), s)
     multiple = 8 if d.device.type != "cpu" else None  # see tasks/mrpc.py
@@ -192,10 +194,10 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
     return 0
 
 
-def model_labels(task: TaskRecord | None, labels: list[str] | None, scheme: str | None, fs) -> tuple[list[str], str]:
-    """The labels and scheme the run's tagger has: the training file's, which a fine-tuned tagger
-    given as --init_checkpoint must share; without training, the checkpoint's."""
-    init = fs.model.init_checkpoint
+def model_labels(task: TaskRecord | None, labels: list[str] | None, scheme: str | None, init: str | None
+                 ) -> tuple[list[str], str]:
+    """The labels and scheme of the run's tagger: the training file's, which a fine-tuned tagger
+    given as --init_checkpoint (its task record: `task`) must share; without training, the checkpoint's."""
     tagger = task is not None and task.head == "token_classification" and task.labels is not None
     if labels is not None:
         if tagger and list(task.labels) != labels:
