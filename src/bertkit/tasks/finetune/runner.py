@@ -31,10 +31,12 @@ from bertkit.tokenizer import WordPiece
 from bertkit.train import CheckpointManager, LoopConfig, StopFlag, fit
 
 
-def add_flags(p, task: str, max_seq_length: int) -> None:
-    """The flags MRPC and SQuAD share: the seed's names, in snake_case or kebab-case."""
+def add_flags(p, task: str, max_seq_length: int, task_name: bool = True) -> None:
+    """The flags every fine-tuning task shares: the seed's names, in snake_case or kebab-case.
+    `task` picks the recipe the help quotes; `task_name=False` leaves --task_name to the command."""
     g = GOOGLE[task]
-    flag(p, "task_name", default=task, help="The task (the seed's run_classifier.py flag): MRPC or squad.")
+    if task_name:
+        flag(p, "task_name", default=task, help="The task (the seed's run_classifier.py flag): MRPC or squad.")
     flag(p, "init_checkpoint", default=None, help=(
         "Start from these weights: a bertkit checkpoint folder, a training output folder (its newest "
         "checkpoint; OUTPUT_DIR/model.ckpt-N for step N), a Google checkpoint (zip, folder or prefix "
@@ -82,11 +84,11 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """What MRPC and SQuAD fine-tuning share, from the flags `add_flags` adds (same names, see their
+    """What every fine-tuning task shares, from the flags `add_flags` adds (same names, see their
     help), checked before any work starts. The optimisation settings left None take the recipe
     (`resolved`); the resolved settings are recorded in OUTPUT_DIR/run.json."""
 
-    task: str  # mrpc or squad
+    task: str  # mrpc, squad, a GLUE task (cola, sst2, ..., xnli) or classify
     max_seq_length: int
     train_batch_size: int | None
     eval_batch_size: int
@@ -122,11 +124,14 @@ class FinetuneSettings:
 
     @classmethod
     def from_args(cls, args, task: str) -> FinetuneSettings:
-        """The settings of a task's parsed flags; `task` as the messages name it (MRPC, SQuAD)."""
-        if args.task_name.lower() != task.lower():
-            raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes {task}")
+        """The settings of a task's parsed flags; `task` as the messages name it (MRPC, SQuAD, SST-2).
+        The task's name is bertkit's: lower case, no hyphen (sst2)."""
+        named = getattr(args, "task_name", task)
+        if named.lower().replace("-", "") != task.lower().replace("-", ""):
+            raise BertkitError(f"--task_name={named}: this command fine-tunes {task}")
         own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("task", "model", "run")}
-        return cls(task.lower(), **own, model=ModelSettings.from_args(args), run=RunSettings.from_args(args))
+        return cls(task.lower().replace("-", ""), **own, model=ModelSettings.from_args(args),
+                   run=RunSettings.from_args(args))
 
     def resolved(self, config: BertConfig, log: Callable[[str], None]) -> FinetuneSettings:
         """These settings with the recipe's values where they were left unset."""
