@@ -1,7 +1,8 @@
 """`bertkit finetune ner` end to end on the tiny Google checkpoint (the fixture, 2 layers, hidden
 128) and real CoNLL-2003 sentences (slices of the training file, written to a temporary folder):
 scores against seqeval on the written predictions, the exported tagger against transformers
-(logits, and the loss and tags of the evaluation), re-evaluation from the task record, windows,
+(logits, and the loss and tags of the evaluation), `bertkit predict` reproducing the evaluation,
+re-evaluation from the task record, windows,
 two processes against one, resume and SIGTERM, the dllogger stream and the plot, bad input."""
 
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
+from seqeval.metrics.sequence_labeling import get_entities
 
 from bertkit.checkpoint import list_checkpoints, load_model_folder
 from bertkit.cli import main as cli_main
@@ -145,6 +147,40 @@ def test_tagger_agrees_with_transformers(ner_run, ner_files, tmp_path, monkeypat
     results = json.loads((ner_run / "eval_results.json").read_text())
     assert results["loss"] == pytest.approx(np.mean(nll), abs=1e-5)
     assert [[r[2] for r in s] for s in read_predictions(ner_run / "eval_predictions.txt")] == predicted
+
+
+def test_predict_reproduces_the_evaluation(ner_run, ner_files, tmp_path):
+    """`bertkit predict` on the validation file gives the tags that score as eval_results.json;
+    its entities are the chunks of those tags; plain text (spaced at will) and JSON Lines inputs
+    of the same words get the same tags, and plain text the character offsets of each entity."""
+    assert cli_main(["predict", "-m", str(ner_run), "-i", str(ner_files / "dev.txt"), "-o", str(tmp_path / "p.jsonl"),
+                     "--device", "cpu"]) == 0
+    objects = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    dev = nd.read_tagged(ner_files / "dev.txt")
+    assert [o["words"] for o in objects] == [s.words for s in dev] and [o["line"] for o in objects] == [s.lines[0] for s in dev]
+    gold, pred = [s.tags for s in dev], [o["tags"] for o in objects]
+    results = json.loads((ner_run / "eval_results.json").read_text())
+    assert (results["f1"], results["precision"], results["recall"], results["accuracy"]) == pytest.approx(
+        (f1_score(gold, pred), precision_score(gold, pred), recall_score(gold, pred), accuracy_score(gold, pred)),
+        abs=1e-12)
+    assert sum(len(o["entities"]) for o in objects) == results["predicted_entities"] > 0
+    for o in objects:
+        assert [(e["type"], e["start"], e["end"] - 1) for e in o["entities"]] == get_entities(o["tags"])
+        assert all(e["text"] == " ".join(o["words"][e["start"]:e["end"]]) and 0 < e["score"] <= 1 for e in o["entities"])
+    # the same sentences as plain text, words two spaces apart after the first, and as JSON Lines
+    lines = [" ".join(s.words[:1]) + "".join("  " + w for w in s.words[1:]) for s in dev]
+    (tmp_path / "dev.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps({"tokens": s.words}) + "\n" for s in dev))
+    for name in ("dev.txt", "dev.jsonl"):
+        assert cli_main(["predict", "-m", str(ner_run), "-i", str(tmp_path / name), "-o", str(tmp_path / f"{name}.out"),
+                         "--device", "cpu"]) == 0
+        again = [json.loads(line) for line in (tmp_path / f"{name}.out").read_text().splitlines()]
+        assert [o["tags"] for o in again] == pred
+    again_text = [json.loads(x) for x in (tmp_path / "dev.txt.out").read_text().splitlines()]
+    for o, line in zip(again_text, lines):
+        for e in o["entities"]:
+            assert line[e["char_start"]:e["char_end"]] == e["text"] and e["text"].split() == o["words"][e["start"]:e["end"]]
+    assert any("  " in e["text"] for o in again_text for e in o["entities"])
 
 
 def test_re_evaluation_reads_the_task_record(ner_run, ner_files, tmp_path, capsys):

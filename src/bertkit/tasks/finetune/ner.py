@@ -106,11 +106,11 @@ def word_log_probs(model, b: dict) -> list[np.ndarray]:
 
 
 def tag_sentences(net, sentences, tokenizer, labels, max_seq_length: int, collate, batch_size: int, d,
-                  precision: str) -> list[np.ndarray]:
+                  precision: str, progress=None) -> list[np.ndarray]:
     """Per sentence, the log-probabilities of each label at each word (words, L), every word
-    predicted (long sentences in windows: ner_data.py)."""
+    predicted (long sentences in windows: ner_data.py). `progress(n)` hears of each n windows done."""
     features, _ = nd.make_features(sentences, tokenizer, max_seq_length, {t: i for i, t in enumerate(labels)})
-    rows = infer(net, features, collate, word_log_probs, batch_size, d, precision)
+    rows = infer(net, features, collate, word_log_probs, batch_size, d, precision, progress=progress)
     return [np.stack(r) for r in nd.join_windows(features, rows, len(sentences))]  # (words, L) each
 
 

@@ -89,16 +89,19 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
-def read_conll(path: str | os.PathLike, tag_column: int | None = None, labelled: bool = True) -> list[Sentence]:
+def read_conll(path: str | os.PathLike, tag_column: int | None = None, labelled: bool = True,
+               words_only: bool = False) -> list[Sentence]:
     """The sentences of a CoNLL file; `tag_column` is 1-based (default: the last field). A file of
-    one field per line has no tags, which only an unlabelled file (`labelled=False`) may be."""
+    one field per line has no tags, which only an unlabelled file (`labelled=False`) may be. With
+    `words_only` the words alone are read (the other fields, whatever they hold, are left)."""
     sentences: list[Sentence] = []
     words, tags, where = [], [], []
     expected = None  # fields per line, from the first word line
+    has_tags = False
 
     def end_sentence():
         if words:
-            sentences.append(Sentence(list(words), list(tags) if expected > 1 else None, list(where)))
+            sentences.append(Sentence(list(words), list(tags) if has_tags else None, list(where)))
             words.clear()
             tags.clear()
             where.clear()
@@ -113,8 +116,9 @@ def read_conll(path: str | os.PathLike, tag_column: int | None = None, labelled:
             if expected == 1 and labelled:
                 raise BertkitError(f"{path}:{n}: one field per line (a word and no tag); expected `word ... tag`"
                                    + (" (JSON Lines? pass --file_format jsonl)" if line.lstrip().startswith("{") else ""))
+            has_tags = expected > 1 and not words_only
             column = expected if tag_column is None else tag_column
-            if expected > 1 and not 2 <= column <= expected:
+            if has_tags and not 2 <= column <= expected:
                 raise BertkitError(f"{path}:{n}: --tag_column {column}, but the lines have {expected} fields "
                                    "(the word is field 1)")
         elif len(fields) != expected:
@@ -122,14 +126,13 @@ def read_conll(path: str | os.PathLike, tag_column: int | None = None, labelled:
                                f"{expected} (as its first word line)")
         words.append(fields[0])
         where.append(n)
-        if expected > 1:
+        if has_tags:
             tag = fields[column - 1]
             if not is_tag(tag):
                 col = _field_column(line, column)
                 raise BertkitError(f"{path}:{n}:{col}: tag {tag!r} is not O, B-TYPE or I-TYPE")
             tags.append(tag)
-    if expected is not None:
-        end_sentence()
+    end_sentence()
     if not sentences:
         raise BertkitError(f"{path}: empty file: no sentence (expected CoNLL lines `word ... tag`)")
     return sentences
