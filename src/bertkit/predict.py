@@ -9,7 +9,10 @@ tab-separated texts). Examples run in batches through the same unpadded path as 
     {"line": 2, "label": "entailment", "probability": 0.93, "probabilities": {"entailment": 0.93, "not_entailment": 0.07}}
     {"line": 2, "value": 3.81}                                              (regression)
 
-`line` is the input's line number. Under torchrun the batches are spread over the processes.
+`line` is the input's line number. A tagger (finetune ner) reads CoNLL files, JSON Lines of
+"tokens" or plain text, and writes one object per sentence: its words, their tags and the entities
+with their spans and scores (tasks/finetune/ner_predict.py). Under torchrun the batches are spread
+over the processes.
 
     bertkit predict --model out/rte --input glue_data/RTE/test.tsv --output rte.jsonl
 """
@@ -32,6 +35,7 @@ from bertkit.flags import PRECISIONS, ArgumentParser, flag, parse_bool
 from bertkit.io import write_atomic
 from bertkit.model import BertForSequenceClassification
 from bertkit.task_record import TaskRecord
+from bertkit.tasks.finetune import ner_predict
 from bertkit.tasks.finetune.classification import Example, collate, logit_rows, make_features, prediction_objects
 from bertkit.tasks.finetune.tables import FORMATS, Table, file_format, read_lines, read_table
 from bertkit.tokenizer import WordPiece
@@ -40,16 +44,20 @@ from bertkit.train import infer
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="bertkit predict", description=(
-        "Label new text with a model fine-tuned by bertkit (finetune glue, classify, mrpc); JSON Lines out."))
+        "Label new text with a model fine-tuned by bertkit (finetune glue, classify, mrpc, ner); JSON Lines out."))
     flag(p, "model", "-m", required=True, help=(
         "A fine-tuned checkpoint folder (ckpt-N) or a training output folder (its newest checkpoint)."))
     flag(p, "input", "-i", required=True, help=(
         "The texts: .csv, .tsv, .jsonl/.json (the model's text columns) or .txt (one per line; a pair as two "
-        "tab-separated texts)."))
+        "tab-separated texts); for a tagger, CoNLL, JSON Lines of \"tokens\" or plain text."))
     flag(p, "output", "-o", default=None, help="Where the JSON Lines go (default: standard output).")
-    flag(p, "file_format", choices=FORMATS, default=None, help="csv, tsv, jsonl or txt (default: from the extension).")
-    flag(p, "text_column", default=None, help="Read the text from this column (default: the model's, as trained).")
-    flag(p, "text_pair_column", default=None, help="Read the second text from this column (default: the model's).")
+    flag(p, "file_format", choices=(*FORMATS, "conll"), default=None, help=(
+        "csv, tsv, jsonl or txt (default: from the extension); a tagger (finetune ner) reads conll, jsonl "
+        "(a \"tokens\" list per line) or txt (one sentence a line), its default told from the file."))
+    flag(p, "text_column", default=None, help=(
+        "Read the text from this column (default: the model's, as trained). Not for a tagger (a warning)."))
+    flag(p, "text_pair_column", default=None, help=(
+        "Read the second text from this column (default: the model's). Not for a tagger (a warning)."))
     flag(p, "batch_size", type=int, default=64, help="Examples per batch (per process).")
     flag(p, "device", default="auto", help="auto (this process's GPU if any, else CPU), cpu, cuda, cuda:N.")
     flag(p, "precision", choices=PRECISIONS, default="fp32", help="fp32, or bf16/fp16 autocast.")
@@ -97,9 +105,23 @@ def sequence_predictions(record: TaskRecord, table: Table, text: str, pair: str 
     return [{"line": r.line, **obj} for r, obj in zip(table.records, prediction_objects(logits, record))]
 
 
-# What each kind of head predicts: head -> function(record, table, text, pair, folder, tokenizer, d,
-# batch_size, precision) -> one JSON object per record.
-HEADS: dict[str, Callable[..., list[dict]]] = {"sequence_classification": sequence_predictions}
+def read_sequences(args, record: TaskRecord) -> tuple[Table, str, str | None]:
+    return read_input(args.input, args.file_format, record, args.text_column, args.text_pair_column)
+
+
+def read_sentences(args, record: TaskRecord) -> ner_predict.TaggingInput:
+    if args.text_column or args.text_pair_column:
+        print("warning: --text_column and --text_pair_column do not apply to a tagger: it reads words", file=sys.stderr)
+    return ner_predict.read_input(args.input, args.file_format)
+
+
+# What each kind of head reads and predicts: head -> (read(args, record) -> its input, read and
+# checked before any work; predict(record, input, folder, tokenizer, d, batch_size, precision) ->
+# one JSON object per example).
+HEADS: dict[str, tuple[Callable, Callable[..., list[dict]]]] = {
+    "sequence_classification": (read_sequences, lambda record, data, *rest: sequence_predictions(record, *data, *rest)),
+    "token_classification": (read_sentences, ner_predict.predict),
+}
 
 
 def main(argv: list[str]) -> int:
@@ -116,12 +138,13 @@ def main(argv: list[str]) -> int:
     if record.head not in HEADS:
         raise BertkitError(f"{folder}: a {record.head} head, which bertkit predict does not apply "
                            f"(it applies {', '.join(HEADS)})")
-    table, text, pair = read_input(args.input, args.file_format, record, args.text_column, args.text_pair_column)
+    read, predict = HEADS[record.head]
+    data = read(args, record)
     meta = json.loads((folder / "bertkit.json").read_text())
     tokenizer = WordPiece(folder / "vocab.txt", lowercase=bool(meta.get("do_lower_case", True)))
     d = init(args.device)
     try:
-        objects = HEADS[record.head](record, table, text, pair, folder, tokenizer, d, args.batch_size, args.precision)
+        objects = predict(record, data, folder, tokenizer, d, args.batch_size, args.precision)
     finally:
         shutdown()
     if d.is_main:

@@ -41,6 +41,8 @@ BASES = {
                       "missing", "--do_eval"],
     "finetune classify": ["--train_file", "missing.csv", "--validation_file", "missing.jsonl", "--output_dir", "out",
                           "--init_checkpoint", "missing"],
+    "finetune ner": ["--train_file", "missing.txt", "--validation_file", "missing.jsonl", "--output_dir", "out",
+                     "--init_checkpoint", "missing"],
     "predict": ["--model", "missing", "--input", "missing.csv"],
     "demo": ["-c", "pretraining", "-o", "out"],
 }

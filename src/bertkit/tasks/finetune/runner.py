@@ -88,7 +88,7 @@ class FinetuneSettings:
     help), checked before any work starts. The optimisation settings left None take the recipe
     (`resolved`); the resolved settings are recorded in OUTPUT_DIR/run.json."""
 
-    task: str  # mrpc, squad, a GLUE task (cola, sst2, ..., xnli) or classify
+    task: str  # mrpc, squad, a GLUE task (cola, sst2, ..., xnli), classify or ner
     max_seq_length: int
     train_batch_size: int | None
     eval_batch_size: int
