@@ -35,7 +35,7 @@ from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.io import write_atomic, write_json
 from bertkit.model import BertForTokenClassification
 from bertkit.task_record import TaskRecord
-from bertkit.tasks.common import init_source, run_command
+from bertkit.tasks.common import run_command
 from bertkit.tasks.finetune import ner_data as nd
 from bertkit.tasks.finetune import runner as ft
 from bertkit.tasks.finetune.ner_metric import SCHEMES, score
@@ -135,7 +135,7 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
     scheme = nd.tag_scheme(data["train"], args.train_file, args.tag_scheme, ft.say) if args.do_train else None
     labels = sorted({t for s in data["train"] for t in s.tags}) if args.do_train else None
     init = fs.model.init_checkpoint
-    labels, scheme = model_labels(read_task(init_source(init)) if init else None, labels, scheme, init)
+    labels, scheme = model_labels(read_task(init) if init else None, labels, scheme, init)
     for what, path in (("eval", args.validation_file), ("test", args.test_file)):
         if what in data:
             nd.check_tags(data[what], labels, path)
