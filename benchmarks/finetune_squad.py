@@ -195,7 +195,8 @@ def peer_squad(model_dir: str, train_path: str, eval_path: str, out: str, lr: fl
     no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n  # noqa: E731  the Trainer's split
     opt = torch.optim.AdamW([
         {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-8)
+        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-8,
+        fused=True)  # the Trainer's default with torch >= 2.8 (adamw_torch_fused)
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True,
                                          collate_fn=lambda xs: pad(xs, ("start_positions", "end_positions")),
                                          generator=torch.Generator().manual_seed(seed))
