@@ -114,8 +114,8 @@ def peer_finetune(model_dir: Path, data_dir: Path, lr: float, epochs: float, bat
 
 def peer_train(model, items: list, collate, num_examples: int, lr: float, epochs: float, batch_size: int,
                warmup_proportion: float, seed: int, precision: str) -> tuple[int, float]:
-    """The peer's plain PyTorch loop, shared by the MRPC and SQuAD benchmarks: AdamW (no decay for
-    biases and LayerNorm), linear warmup and decay, clipping at 1.0, random batches; steps =
+    """The peer's plain PyTorch loop, shared by the side-by-side fine-tuning benchmarks: fused AdamW
+    (no decay for biases and LayerNorm), linear warmup and decay, clipping at 1.0, random batches; steps =
     int(num_examples / batch_size * epochs). Returns the steps and the seconds they took."""
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -123,7 +123,8 @@ def peer_train(model, items: list, collate, num_examples: int, lr: float, epochs
     no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n  # noqa: E731
     opt = torch.optim.AdamW([
         {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-6)
+        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-6,
+        fused=True)  # the Trainer's default optimizer with torch >= 2.8 (adamw_torch_fused)
     steps = int(num_examples / batch_size * epochs)
     sched = get_linear_schedule_with_warmup(opt, int(steps * warmup_proportion), steps)
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, collate_fn=collate,

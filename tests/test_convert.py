@@ -200,6 +200,38 @@ def test_hf_export_round_trips_through_hf_reader(tmp_path):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
+def test_folder_saved_by_transformers_5_reads_its_vocab_from_tokenizer_json(fixture_model, tmp_path):
+    """transformers 5 saves a fast tokenizer as tokenizer.json alone (no vocab.txt): bertkit takes
+    the WordPiece vocabulary and the lower-casing from it, and tokenizes as transformers does."""
+    import transformers
+
+    from bertkit.tokenizer import WordPiece
+
+    model = transformers.BertModel(transformers.BertConfig(**{
+        **json.loads((fixture_model / "bert_config.json").read_text())}))
+    tok = transformers.BertTokenizerFast.from_pretrained(str(fixture_model), do_lower_case=True)
+    model.save_pretrained(tmp_path / "hf5")
+    tok.save_pretrained(tmp_path / "hf5")
+    assert not (tmp_path / "hf5" / "vocab.txt").exists()  # what makes this folder the case tested
+    config, state, vocab, lowercase = read_any(tmp_path / "hf5", tmp_path / "work")
+    assert vocab.read_text() == (fixture_model / "vocab.txt").read_text() and lowercase
+    text = "The Origin of the ring , 1895."
+    assert WordPiece(vocab, lowercase=lowercase).encode(text) == tok(text, add_special_tokens=False)["input_ids"]
+    hf = model.state_dict()
+    assert torch.equal(state["bert.layers.1.up.weight"], hf["encoder.layer.1.intermediate.dense.weight"])
+
+
+def test_training_output_folder_converts_from_its_newest_checkpoint(fixture_model, tmp_path):
+    """`bertkit convert --input OUTPUT_DIR` takes that run's newest checkpoint, as --init_checkpoint does."""
+    config, state, vocab, _ = read_any(fixture_model)
+    out = tmp_path / "run"
+    for step, scale in ((1, 1.0), (2, 2.0)):
+        save_model(out / f"ckpt-{step:08d}", config, {k: v * scale for k, v in state.items()}, vocab)
+    assert cli_main(["convert", "-i", str(out), "-o", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    _, got, _, _ = read_any(tmp_path / "hf")
+    assert torch.equal(got["bert.pooler.weight"], state["bert.pooler.weight"] * 2.0)
+
+
 # ---- the command line and bad input ------------------------------------------------------------
 
 def test_cli_convert_google_zip(google_zip, tmp_path, capsys):

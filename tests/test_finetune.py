@@ -323,7 +323,7 @@ def test_mrpc_offline_download_is_one_clear_error(fixture_model, tmp_path, capsy
     (["mrpc", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o", "--bogus_flag", "1"], "unrecognized arguments: --bogus_flag"),
     (["mrpc", "--data_dir", "{mrpc}", "--init_checkpoint", "{model}"], "--output_dir"),
     (["mrpc", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o"], "give --init_checkpoint"),
-    (["--task_name=CoLA", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o"], "task 'CoLA': bertkit fine-tunes mrpc and squad only"),
+    (["--task_name=CoLA", "--data_dir", "{mrpc}", "--output_dir", "{tmp}/o"], "task 'CoLA': bertkit fine-tunes mrpc, squad, ner only"),
     (["squad", "--task_name=MRPC", "--output_dir", "{tmp}/o"], "disagree"),
     (["--data_dir", "{mrpc}", "--output_dir", "{tmp}/o"], "name the task"),
     (["squad", "--train_file", "{tmp}/bad.json", "--output_dir", "{tmp}/o", "--init_checkpoint", "{model}"],

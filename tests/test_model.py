@@ -13,7 +13,8 @@ import torch
 from bertkit import BertkitError
 from bertkit.checkpoint import load_model_folder, load_weights
 from bertkit.convert import read_any
-from bertkit.model import BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification, BertModel
+from bertkit.model import (BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
+                           BertForTokenClassification, BertModel)
 from bertkit.tokenizer import WordPiece
 from conftest import FIXTURES
 
@@ -83,7 +84,10 @@ def test_masked_positions_gather_equals_full_logits(fixture_model, unpad):
     torch.testing.assert_close(part, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(part, ref["prediction_logits"][torch.arange(3)[:, None], positions],
                                rtol=0, atol=1e-5)
-    assert real.shape == (9, 2000) and torch.equal(real, part[predicted])  # (Np, V), the real predictions
+    # The head on the 9 real rows against all 12: a product of another shape, so equal to float noise
+    # (bit for bit on some CPUs, 1 ulp apart on MKL's AVX2 kernels).
+    assert real.shape == (9, 2000)  # (Np, V), the real predictions
+    torch.testing.assert_close(real, part[predicted], rtol=0, atol=1e-6)
     assert torch.equal(nsp_real, nsp_part)
     # [CLS] queries in another batch shape than all T: float noise only (not bit for bit: MKL's
     # AVX-512 products differ by shape; 7e-9 measured on a Xeon with AMX).
@@ -103,6 +107,26 @@ def test_no_mask_equals_all_ones_mask(fixture_model):
     torch.testing.assert_close(a[0], ref["prediction_logits"][:2], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("unpad", [True, False])
+def test_token_classifier_selected_rows_equal_full_logits(fixture_model, unpad):
+    """A tagger's logits at selected tokens (`select`, what its loss reads) are the full logits at
+    those tokens, on the unpadded path and the padded one; padding is left out of both."""
+    config, state, _, _ = load_model_folder(fixture_model)
+    torch.manual_seed(0)
+    model = BertForTokenClassification(config, num_labels=5).eval()
+    load_weights(model, state, "fixture")
+    model.bert.unpad = unpad
+    ids = torch.randint(1000, 2000, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:], mask[2, 3:] = 0, 0
+    select = mask.bool() & (torch.arange(12) % 2 == 1)
+    with torch.no_grad():
+        full = model(ids, torch.zeros_like(ids), mask)  # (3, 12, 5)
+        rows = model(ids, torch.zeros_like(ids), mask, select=select)  # (M, 5)
+    assert model.bert.path == ("unpadded" if unpad else "padded") and rows.shape == (int(select.sum()), 5)
+    torch.testing.assert_close(rows, full[select], rtol=0, atol=1e-6)
+
+
 def test_pretrained_encoder_loads_under_each_head(fixture_model):
     """A pretraining checkpoint starts a fine-tuning model: the encoder comes over exactly, the new
     head keeps its initialisation and is reported, the pretraining heads are ignored."""
@@ -111,11 +135,14 @@ def test_pretrained_encoder_loads_under_each_head(fixture_model):
     assert sorted(load_weights(clf, state, "fixture")) == ["classifier.bias", "classifier.weight"]
     qa = BertForQuestionAnswering(config)
     assert sorted(load_weights(qa, state, "fixture")) == ["qa.bias", "qa.weight"]
-    for model in (clf, qa):
+    tagger = BertForTokenClassification(config, num_labels=9)
+    assert sorted(load_weights(tagger, state, "fixture")) == ["classifier.bias", "classifier.weight"]
+    for model in (clf, qa, tagger):
         for name, tensor in model.state_dict().items():
             if name in state:
                 assert torch.equal(tensor, state[name]), name
     assert "bert.pooler.weight" in clf.state_dict() and "bert.pooler.weight" not in qa.state_dict()
+    assert "bert.pooler.weight" not in tagger.state_dict()  # as transformers' BertForTokenClassification
 
     wide = dataclasses.replace(config, intermediate_size=256)
     with pytest.raises(BertkitError, match=r"fixture: bert.layers.0.\w+.weight has shape .*512.* the model expects .*256"):

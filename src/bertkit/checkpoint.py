@@ -1,5 +1,6 @@
 """The bertkit model folder: `model.safetensors` (bertkit parameter names), `bert_config.json`
-(Google's keys), `vocab.txt`, and `bertkit.json` (tokenizer casing and the sha256 of each file).
+(Google's keys), `vocab.txt`, and `bertkit.json` (tokenizer casing and the sha256 of each file); a
+fine-tuned model adds `task.json`, its task record (task_record.py), read back by `load_task`.
 
 The folder is written under a temporary name and renamed, and every file is checked against
 `bertkit.json` on load, so a crash or a flipped byte never passes for a model. Loading never
@@ -24,20 +25,24 @@ from safetensors.torch import load_file, save_file
 from bertkit import BertkitError
 from bertkit.config import BertConfig
 from bertkit.io import atomic_path, file_digest
+from bertkit.task_record import TaskRecord
 
 WEIGHTS = "model.safetensors"
 CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
 META = "bertkit.json"
+TASK = "task.json"
 
 
 def save_model(folder: str | os.PathLike, config: BertConfig, state_dict: dict[str, torch.Tensor],
                vocab_file: str | os.PathLike, lowercase: bool = True, extra: dict | None = None,
-               files: dict[str, Callable[[Path], None]] | None = None) -> Path:
+               files: dict[str, Callable[[Path], None]] | None = None, task: TaskRecord | None = None) -> Path:
     """Write a model folder atomically. `state_dict` uses bertkit names; tensors are saved as they
     are (cast them first to change the dtype). `files` adds more files: name -> function writing it
-    to the path it is given; they are checksummed like the rest."""
+    to the path it is given; they are checksummed like the rest. `task` is written as task.json."""
     folder = Path(folder)
+    if task is not None:
+        files = {TASK: lambda p: p.write_text(task.to_json(), encoding="utf-8"), **(files or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     with atomic_path(folder) as tmp:
         tmp.mkdir()
@@ -94,6 +99,27 @@ def load_model_folder(folder: str | os.PathLike, verify: bool = True
         raise BertkitError(f"{folder / WEIGHTS}: unreadable safetensors file ({e})") from None
     check_shapes(config, state, str(folder / WEIGHTS), str(folder / CONFIG))
     return config, state, folder / VOCAB, meta
+
+
+def load_task(folder: str | os.PathLike, verify: bool = True) -> TaskRecord | None:
+    """The task record (task.json) of a model folder, checked against bertkit.json; None for a folder
+    without one (a pretrained model, or one fine-tuned before bertkit wrote task records)."""
+    folder = Path(folder)
+    meta = verify_folder(folder, verify=False)
+    path = folder / TASK
+    if TASK not in meta["sha256"]:
+        if path.exists():
+            raise BertkitError(f"{path}: not listed in {META} (a file added to the folder by hand?)")
+        return None
+    if not path.is_file():
+        raise BertkitError(f"{path}: missing from the model folder")
+    if verify and file_digest(path) != meta["sha256"][TASK]:
+        raise BertkitError(f"{path}: sha256 does not match {META} (corrupt or modified file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BertkitError(f"{path}: unreadable ({e})") from None
+    return TaskRecord.from_json(text, str(path))
 
 
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -181,16 +207,17 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 def save_training(output_dir: str | os.PathLike, step: int, config: BertConfig,
                   state_dict: dict[str, torch.Tensor], vocab_file: str | os.PathLike, lowercase: bool,
-                  optimizer_state: dict, trainer: dict, keep_last: int = 3) -> Path:
+                  optimizer_state: dict, trainer: dict, keep_last: int = 3, task: TaskRecord | None = None) -> Path:
     """Write `ckpt-<step>` (a model folder that also holds the optimizer state and the loop
-    position), then delete all but the newest `keep_last` checkpoints."""
+    position, and the task record when given), then delete all but the newest `keep_last` checkpoints."""
     for stale in Path(output_dir).glob(".ckpt-*.tmp"):  # left by a process killed while writing
         shutil.rmtree(stale, ignore_errors=True)
     folder = save_model(
         checkpoint_dir(output_dir, step), config, state_dict, vocab_file, lowercase,
         extra={"step": step},
         files={OPTIMIZER: lambda p: _torch_save(optimizer_state, p),
-               TRAINER: lambda p: p.write_text(json.dumps({"step": step, **trainer}, indent=2) + "\n")})
+               TRAINER: lambda p: p.write_text(json.dumps({"step": step, **trainer}, indent=2) + "\n")},
+        task=task)
     if keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -261,12 +288,18 @@ def is_tf_prefix(path: str | os.PathLike) -> bool:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """Where a checkpoint given on a command line is, for every command that takes one.
 
-    An existing folder or file stands for itself. Otherwise, as TensorFlow scripts name them:
+    A training output folder stands for its newest valid checkpoint; any other existing folder or
+    file for itself. Otherwise, as TensorFlow scripts name them:
     `DIR/PREFIX` (or `DIR/PREFIX.index`, `DIR/PREFIX.data-00000-of-00001`) is a TensorFlow
     checkpoint prefix when `DIR/PREFIX.index` exists (Google's `.../bert_model.ckpt`), and
     `DIR/model.ckpt-N` is the step-N checkpoint `DIR/ckpt-0000000N` of a bertkit output folder (the
     seed's phase 2 starts from `phase_1/model.ckpt-100`). Anything else is a one-line error."""
     p = Path(path)
+    if p.is_dir() and not is_model_folder(p) and list_checkpoints(p):  # a training output folder
+        newest = latest_checkpoint(p)
+        if newest is None:
+            raise BertkitError(f"{p}: holds no valid checkpoint")
+        return newest
     if p.is_dir() or (p.is_file() and not _TF_FILE.search(p.name)):
         return p
     prefix = p.with_name(_TF_FILE.sub("", p.name))

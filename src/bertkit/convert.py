@@ -8,9 +8,11 @@ One literal name map serves every direction and the tests:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,8 +21,9 @@ import torch
 
 from bertkit import BertkitError
 from bertkit.checkpoint import (check_shapes, is_model_folder, is_tf_prefix, load_model_folder, load_pickle,
-                                resolve_checkpoint, save_model)
+                                load_task, resolve_checkpoint, save_model)
 from bertkit.config import BertConfig
+from bertkit.task_record import TaskRecord
 
 # bertkit name, Hugging Face name, Google TF variable. "{i}" is the layer index. Google stores dense
 # kernels as [in, out]; every ".../kernel" is transposed on the way in.
@@ -130,7 +133,11 @@ def hf_config(d: dict, source: str) -> BertConfig:
     return BertConfig.from_dict({**{k: d[k] for k in keys if k in d}, "hidden_act": act}, source)
 
 
-def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+def read_hf(folder: Path, workdir: str | os.PathLike | None = None
+            ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
+    """A Hugging Face folder. Its vocabulary is vocab.txt, or, in a folder that transformers 5
+    saved (tokenizer.json alone), the WordPiece vocabulary of tokenizer.json written out as a
+    vocab.txt in `workdir` (a temporary folder removed at exit when None)."""
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, RecursionError) as e:
@@ -151,17 +158,43 @@ def read_hf(folder: Path) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bo
         raise BertkitError(f"{folder}: no model.safetensors or pytorch_model.bin")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise BertkitError(f"{folder}: the weights file does not hold a name -> tensor mapping")
-    vocab = folder / "vocab.txt"
+    vocab, lower = folder / "vocab.txt", True
     if not vocab.is_file():
-        raise BertkitError(f"{folder}: no vocab.txt beside the weights")
-    lower = True
+        vocab, lower = vocab_from_tokenizer_json(folder, workdir)
     try:
-        lower = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+        lower = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", lower))
     except (OSError, ValueError, AttributeError, RecursionError):
         pass
     state = from_hf(state, config.num_hidden_layers, str(folder))
     check_shapes(config, state, str(path), str(folder / "config.json"))
     return config, state, vocab, lower
+
+
+def vocab_from_tokenizer_json(folder: Path, workdir: str | os.PathLike | None) -> tuple[Path, bool]:
+    """vocab.txt (tokens in id order) and lower-casing from the WordPiece tokenizer.json of `folder`."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise BertkitError(f"{folder}: no vocab.txt (nor tokenizer.json) beside the weights")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        model, normalizer = spec["model"], spec.get("normalizer") or {}
+        if model.get("type") != "WordPiece":
+            raise BertkitError(f"{path}: a {model.get('type')} tokenizer; BERT needs WordPiece")
+        ids = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        if [i for _, i in ids] != list(range(len(ids))):
+            raise BertkitError(f"{path}: the vocabulary's ids are not 0..{len(ids) - 1}")
+        tokens = [t for t, _ in ids]
+        if any("\n" in t for t in tokens):
+            raise BertkitError(f"{path}: a token holds a line break; it cannot be a vocab.txt line")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise BertkitError(f"{path}: unreadable tokenizer ({e})") from None
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="bertkit-vocab-")
+        atexit.register(shutil.rmtree, workdir, True)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    vocab = Path(workdir) / "vocab.txt"
+    vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    return vocab, bool(normalizer.get("lowercase", True))
 
 
 def read_google(folder: Path, prefix: Path | None = None) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
@@ -187,7 +220,8 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
              ) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
     """(config, bertkit state dict, vocab path, lowercase) from any supported source. A zip is
     unpacked into `workdir`, which must outlive the returned vocab path. TensorFlow's names are
-    taken too (see `resolve_checkpoint`): a checkpoint prefix, `model.ckpt-N` of an output folder."""
+    taken too (see `resolve_checkpoint`): a checkpoint prefix, `model.ckpt-N` of an output folder;
+    a training output folder stands for its newest valid checkpoint."""
     src = resolve_checkpoint(src)
     if is_tf_prefix(src):
         found = read_google(src.parent, prefix=src)
@@ -208,12 +242,19 @@ def read_any(src: str | os.PathLike, workdir: str | os.PathLike | None = None
         config, state, vocab, meta = load_model_folder(src)
         found = config, state, vocab, bool(meta.get("do_lower_case", True))
     elif (src / "config.json").is_file():
-        found = read_hf(src)
+        found = read_hf(src, workdir)
     elif (src / "bert_config.json").is_file():
         found = read_google(src)
     else:
         raise BertkitError(f"{src}: not a bertkit, Hugging Face or Google BERT checkpoint")
     return _check_vocab(found)
+
+
+def read_task(src: str | os.PathLike) -> TaskRecord | None:
+    """The task record of a checkpoint `read_any` reads: a bertkit folder's task.json, else None
+    (pretrained weights, foreign formats, folders fine-tuned before task records)."""
+    src = resolve_checkpoint(src)
+    return load_task(src) if src.is_dir() and is_model_folder(src) else None
 
 
 def _check_vocab(found: tuple) -> tuple[BertConfig, dict[str, torch.Tensor], Path, bool]:
@@ -228,8 +269,10 @@ def _check_vocab(found: tuple) -> tuple[BertConfig, dict[str, torch.Tensor], Pat
 
 
 def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, torch.Tensor],
-             vocab: Path, lowercase: bool) -> None:
-    """A folder that `transformers` loads: config.json, model.safetensors, vocab.txt."""
+             vocab: Path, lowercase: bool, task: TaskRecord | None = None) -> None:
+    """A folder that `transformers` loads: config.json, model.safetensors, vocab.txt. A classifier's
+    label names come from its task record (`id2label`, `label2id`; `problem_type` regression for a
+    one-output regression head), else LABEL_0, LABEL_1, ..."""
     import shutil
 
     from safetensors.torch import save_file
@@ -237,7 +280,9 @@ def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, tor
     from bertkit.io import atomic_path
 
     heads = {k.split(".")[0] for k in state if not k.startswith("bert.")}
-    arch = ("BertForPreTraining" if "mlm" in heads else "BertForSequenceClassification" if "classifier" in heads
+    tokens = task is not None and task.head == "token_classification"
+    arch = ("BertForPreTraining" if "mlm" in heads else
+            ("BertForTokenClassification" if tokens else "BertForSequenceClassification") if "classifier" in heads
             else "BertForQuestionAnswering" if "qa" in heads else "BertModel")
     hf = to_hf(state, config.num_hidden_layers)
     if arch == "BertModel":
@@ -247,8 +292,13 @@ def write_hf(folder: str | os.PathLike, config: BertConfig, state: dict[str, tor
            "hidden_act": {"gelu_tanh": "gelu_pytorch_tanh"}.get(config.hidden_act, config.hidden_act)}
     if "classifier" in heads:
         n = state["classifier.weight"].shape[0]
-        cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
-        cfg["label2id"] = {f"LABEL_{i}": i for i in range(n)}
+        names = [f"LABEL_{i}" for i in range(n)]
+        if task is not None and task.labels is not None and len(task.labels) == n:
+            names = list(task.labels)
+        cfg["id2label"] = {str(i): name for i, name in enumerate(names)}
+        cfg["label2id"] = {name: i for i, name in enumerate(names)}
+        if task is not None and not tokens:
+            cfg["problem_type"] = "regression" if task.problem == "regression" else "single_label_classification"
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous() for k, v in hf.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -262,10 +312,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "bertkit"
     """Convert any supported checkpoint into a bertkit (or Hugging Face) folder at `dst`."""
     with tempfile.TemporaryDirectory(prefix="bertkit-convert-") as work:
         config, state, vocab, lower = read_any(src, work)
+        task = read_task(src)
         if fmt == "hf":
-            write_hf(dst, config, state, vocab, lower)
+            write_hf(dst, config, state, vocab, lower, task)
         elif fmt == "bertkit":
-            save_model(dst, config, state, vocab, lowercase=lower, extra={"converted_from": str(src)})
+            save_model(dst, config, state, vocab, lowercase=lower, extra={"converted_from": str(src)}, task=task)
         else:
             raise BertkitError(f"--format must be bertkit or hf, got {fmt!r}")
     return Path(dst)
@@ -277,7 +328,8 @@ def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="bertkit convert", description=(
         "Convert a BERT checkpoint. SRC may be a Google checkpoint zip, folder or prefix (bert_config.json, "
         "vocab.txt, bert_model.ckpt.*; TensorFlow is not needed), a Hugging Face folder (config.json, "
-        "model.safetensors or pytorch_model.bin, vocab.txt) or a bertkit folder."))
+        "model.safetensors or pytorch_model.bin, vocab.txt or tokenizer.json), a bertkit folder, or a "
+        "training output folder (its newest valid checkpoint)."))
     p.add_argument("--input", "-i", required=True, help="Checkpoint zip, folder or TensorFlow prefix to read.")
     p.add_argument("--output", "-o", required=True, help="Folder to write; replaced atomically.")
     p.add_argument("--format", choices=("bertkit", "hf"), default="bertkit",

@@ -1,5 +1,5 @@
-"""BERT on one device: embeddings, post-LayerNorm Transformer encoder, pooler, and the three heads
-(pretraining, sequence classification, span QA). Knows nothing of distribution or precision policy.
+"""BERT on one device: embeddings, post-LayerNorm Transformer encoder, pooler, and the heads
+(pretraining, sequence classification, token classification, span QA). Knows nothing of distribution or precision policy.
 
 Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size (H / nh), V vocabulary,
 P masked positions per sequence; N real tokens of a batch run unpadded (bertkit.unpad).
@@ -274,6 +274,31 @@ class BertForSequenceClassification(nn.Module):
         cls = torch.zeros_like(input_ids[:, :1])  # (B, 1): the pooler reads [CLS] alone
         _, pooled = self.bert(input_ids, token_type_ids, attention_mask, cls)
         return self.classifier(self.drop(pooled))
+
+
+class BertForTokenClassification(nn.Module):
+    """A tag per token (named entities): dropout and a linear layer over every token's last hidden
+    state, no pooler, as Hugging Face's BertForTokenClassification (the same weight names)."""
+
+    def __init__(self, cfg: BertConfig, num_labels: int):
+        super().__init__()
+        self.config = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg, pooler=False)
+        self.drop = Dropout(cfg.hidden_dropout_prob)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns logits (B, T, num_labels); at padding they are the bias alone (the encoder's
+        output there is zero), so read them where attention_mask is 1. With `select` (B, T) bool,
+        only the selected tokens' logits, (M, num_labels) in row-major order: the classifier then
+        runs on those rows alone (a tagger's loss reads each word's first piece)."""
+        x, _ = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, H)
+        if select is not None:
+            x = x[select]  # (M, H)
+        return self.classifier(self.drop(x))
 
 
 class BertForQuestionAnswering(nn.Module):

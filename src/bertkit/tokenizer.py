@@ -74,6 +74,19 @@ class WordPiece:
         """`encode` over many texts at once, in parallel inside `tokenizers`."""
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_words(self, sentences: list[list[str]]) -> list[list[list[int]]]:
+        """The WordPiece ids of each word of each pre-split sentence: `[sentence][word] -> ids`. A
+        word is split as a text of its own would be (punctuation inside it makes more pieces: `U.S.`
+        is u . s .); a word that leaves no piece (control or zero-width characters only) is [UNK]."""
+        out = []
+        encodings = self._tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+        for sentence, enc in zip(sentences, encodings):
+            words: list[list[int]] = [[] for _ in sentence]
+            for piece, w in zip(enc.ids, enc.word_ids):
+                words[w].append(piece)
+            out.append([pieces or [self.unk_id] for pieces in words])
+        return out
+
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [self.inv_vocab[i] for i in ids]
 

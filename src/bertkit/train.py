@@ -32,6 +32,7 @@ from bertkit.flags import PRECISIONS
 from bertkit.optim import clips_gradients
 from bertkit.runlog import Clock, Meter, RunLog
 from bertkit.stream import Stream, to_device
+from bertkit.task_record import TaskRecord
 
 
 @dataclass
@@ -137,6 +138,7 @@ class CheckpointManager:
     run: dict = field(default_factory=dict)  # the run's identity, stored with each checkpoint
     every: int = 0
     keep: int = 3
+    task: TaskRecord | None = None  # a fine-tuned head's task record, saved as each checkpoint's task.json
     train_s: float = 0.0  # training seconds of the checkpoint last loaded (0 for a fresh start)
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -150,7 +152,7 @@ class CheckpointManager:
             state = {k: v.float() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
             trainer = {"run": self.run, "grad_scaler": scaler_state, "train_s": round(train_s, 3)}
             folder = save_training(self.output_dir, step, self.config, state, self.vocab_file,
-                                   self.lowercase, optimizer.state_dict(), trainer, self.keep)
+                                   self.lowercase, optimizer.state_dict(), trainer, self.keep, task=self.task)
         barrier()
         return folder
 
@@ -292,20 +294,27 @@ def log_evaluation(eval_fn: Callable[[nn.Module], dict], model: nn.Module, step:
 
 
 def infer(model: nn.Module, items: Sequence, collate: Callable, forward: Callable[[nn.Module, dict], list],
-          batch_size: int, d: Dist, precision: str, length: Callable = lambda item: len(item.input_ids)) -> list:
+          batch_size: int, d: Dist, precision: str, length: Callable = lambda item: len(item.input_ids),
+          progress: Callable[[int], object] | None = None) -> list:
     """`forward(model, batch)` (one output per item) over every item, in item order, on all ranks
     together, in evaluation mode without gradients. The batches are fixed before they are dealt to
     the ranks (items sorted by `length`, then cut), so each item meets the same batch whatever the
-    number of processes, and the outputs are identical bit for bit."""
+    number of processes, and the outputs are identical bit for bit. `progress(n)` is told of each
+    batch this rank has done, with its n items and those of the other ranks' batches in that round."""
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     order = sorted(range(len(items)), key=lambda i: length(items[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     mine = {}
     net.eval()
     with torch.no_grad(), autocast(precision, d.device):
-        for b in batches[d.rank::d.world_size]:
-            batch = to_device(collate([items[i] for i in b]), d.device)
-            mine.update(zip(b, forward(net, batch)))
+        for start in range(0, len(batches), d.world_size):
+            dealt = batches[start:start + d.world_size]
+            if d.rank < len(dealt):
+                b = dealt[d.rank]
+                batch = to_device(collate([items[i] for i in b]), d.device)
+                mine.update(zip(b, forward(net, batch)))
+            if progress is not None:
+                progress(sum(map(len, dealt)))
     merged: dict = {}
     for part in all_gather_objects(mine):
         merged.update(part)

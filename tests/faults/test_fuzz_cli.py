@@ -37,6 +37,13 @@ BASES = {
     "data prepare": ["--input", "missing.txt", "--workdir", "out"],
     "finetune mrpc": ["--data_dir", "missing", "--output_dir", "out", "--init_checkpoint", "missing"],
     "finetune squad": ["--train_file", "missing.json", "--output_dir", "out", "--init_checkpoint", "missing"],
+    "finetune glue": ["--task_name", "CoLA", "--data_dir", "missing", "--output_dir", "out", "--init_checkpoint",
+                      "missing", "--do_eval"],
+    "finetune classify": ["--train_file", "missing.csv", "--validation_file", "missing.jsonl", "--output_dir", "out",
+                          "--init_checkpoint", "missing"],
+    "finetune ner": ["--train_file", "missing.txt", "--validation_file", "missing.jsonl", "--output_dir", "out",
+                     "--init_checkpoint", "missing"],
+    "predict": ["--model", "missing", "--input", "missing.csv"],
     "demo": ["-c", "pretraining", "-o", "out"],
 }
 COMMAND_PATHS = [name.split() for name in BASES]

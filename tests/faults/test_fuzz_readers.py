@@ -1,5 +1,5 @@
 """Fuzzing, with hypothesis, of every reader of outside input: bert_config.json, vocab.txt, MRPC TSV,
-SQuAD JSON (and the SQuAD scorer's predictions files), TFRecord framing and records, TensorFlow
+GLUE TSV and own CSV/TSV/JSON Lines files, NER CoNLL and JSON Lines files, SQuAD JSON (and the SQuAD scorer's predictions files), TFRecord framing and records, TensorFlow
 checkpoint indexes, and bertkit's shard manifests and shards. Each either reads its input or
 raises BertkitError (one line naming the file for the CLI); any other exception fails the test.
 
@@ -24,6 +24,9 @@ from hypothesis import strategies as st
 from bertkit import BertkitError
 from bertkit.cli import main as bertkit
 from bertkit.config import BertConfig
+from bertkit.tasks.finetune import classify, glue_data, ner_predict, tables
+from bertkit.tasks.finetune import ner_data as nd
+from bertkit.tasks.finetune.ner_metric import is_tag
 from bertkit.tasks.finetune import mrpc_data as mrpc
 from bertkit.tasks.finetune import squad_data as squad
 from bertkit.data.pretraining import PretrainingDataset, collate
@@ -156,6 +159,76 @@ def test_mrpc(tmp_path, text):
     examples = clean(mrpc.read_mrpc, path)
     for ex in examples or []:
         assert ex.label in (0, 1, None) and isinstance(ex.text_a, str)
+
+
+# ---- GLUE files and own CSV / TSV / JSON Lines files --------------------------------------------
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+glue_fields = st.one_of(st.sampled_from(["entailment", "not_entailment", "3.800", "nan", "1e400", "", '"', "x"]),
+                        st.text(max_size=10))
+glue_files = st.one_of(
+    st.tuples(st.sampled_from([RTE_HEADER, STSB_HEADER, "\ufeff" + RTE_HEADER, "", "sentence1,sentence2,label"]),
+              st.lists(st.lists(glue_fields, max_size=11).map("\t".join), max_size=8),
+              st.sampled_from(["\n", "\r\n", "\r"]))
+    .map(lambda t: t[2].join([t[0], *t[1]]) + t[2]),
+    st.lists(st.dictionaries(st.sampled_from(["sentence1", "sentence2", "label", "text"]), json_values, max_size=4)
+             .map(json_text), max_size=6).map("\n".join),
+    junk)
+
+
+@fuzz(200)
+@given(text=glue_files, task=st.sampled_from(["rte", "stsb", "cola"]), split=st.sampled_from(["train", "test"]))
+def test_glue_file(tmp_path, text, task, split):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    spec = glue_data.TASKS[task]
+    for ex in clean(glue_data.read_split, spec, path, split) or []:
+        assert isinstance(ex.text_a, str) and (ex.label is None or ex.label in (spec.labels or ()) or
+                                               isinstance(ex.label, float))
+
+
+@fuzz(200)
+@given(text=glue_files, fmt=st.sampled_from(["csv", "tsv", "jsonl", "txt"]))
+def test_own_file(tmp_path, text, fmt):
+    path = tmp_path / f"own.{fmt}"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    table = clean(tables.read_lines, path, True) if fmt == "txt" else clean(tables.read_table, path)
+    if table is not None and fmt != "txt":
+        examples = clean(classify.read_examples, table, "sentence1", "sentence2", "label")
+        for ex in examples or []:
+            assert isinstance(ex.text_a, str) and ex.label is not None
+
+
+# ---- NER: CoNLL and JSON Lines files ----------------------------------------------------------
+
+conll_fields = st.one_of(st.sampled_from(["I-PER", "B-LOC", "O", "-DOCSTART-", "-X-", "NNP", "I-", "B-X", ""]),
+                         st.text(max_size=8))
+conll_lines = st.lists(st.lists(conll_fields, max_size=5).map(" ".join), max_size=10)
+ner_files = st.one_of(
+    st.tuples(conll_lines, st.sampled_from(["\n", "\r\n"])).map(lambda t: t[1].join(t[0]) + t[1]),
+    st.lists(st.fixed_dictionaries({"tokens": st.one_of(st.lists(conll_fields, max_size=4), json_values),
+                                    "tags": st.one_of(st.lists(conll_fields, max_size=4), json_values)})
+             .map(json_text), max_size=5).map("\n".join),
+    st.lists(json_values.map(json_text), max_size=4).map("\n".join),
+    junk)
+
+
+@fuzz(300)
+@given(text=ner_files, fmt=st.sampled_from(["conll", "jsonl"]), labelled=st.booleans(),
+       tag_column=st.sampled_from([None, 2, 3]))
+def test_ner_file(tmp_path, text, fmt, labelled, tag_column):
+    path = tmp_path / ("train.txt" if fmt == "conll" else "train.jsonl")
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    sentences = clean(nd.read_tagged, path, None, tag_column if fmt == "conll" else None, labelled)
+    for s in sentences or []:
+        assert s.words and all(isinstance(w, str) and w and not any(c.isspace() for c in w) for w in s.words)
+        assert (s.tags is None and not labelled) or (len(s.tags) == len(s.words) and all(is_tag(t) for t in s.tags))
+    if sentences:
+        clean(nd.tag_scheme, sentences, path, "auto", lambda msg: None)
+    found = clean(ner_predict.read_input, path, None)  # what `bertkit predict` reads with a tagger
+    for s in found.sentences if found else []:
+        assert s.words and all(w and not any(c.isspace() for c in w) for w in s.words)
 
 
 # ---- SQuAD -------------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ from bertkit import BertkitError
 from bertkit.checkpoint import OPTIMIZER, latest_checkpoint, list_checkpoints
 from bertkit.config import VARIANTS, BertConfig, resolve
 from bertkit.data.bundled import vocab_path
-from bertkit.convert import read_any
+from bertkit.convert import read_any, read_task
 from bertkit.distributed import Dist, shutdown
 from bertkit.flags import PRECISIONS, flag, parse_bool
 from bertkit.io import os_error_message, write_json
 from bertkit.ranks import env_ranks
 from bertkit.runlog import RunLog
+from bertkit.task_record import TaskRecord
 from bertkit.tokenizer import load_vocab
 from bertkit.train import CheckpointManager, StopFlag, Stopped
 
@@ -210,19 +211,13 @@ def _difference(saved: dict | None, run: dict) -> str:
 def initial_weights(init_checkpoint: str | None, do_lower_case: bool
                     ) -> tuple[BertConfig | None, dict | None, Path | None, bool]:
     """(config, state, vocab, lowercase) of an --init_checkpoint, or (None, None, None,
-    do_lower_case) without one. The checkpoint may be anything `bertkit convert` reads, or a
-    training output folder (its newest valid checkpoint is taken)."""
+    do_lower_case) without one. The checkpoint may be anything `bertkit convert` reads (a training
+    output folder among them: its newest valid checkpoint)."""
     if not init_checkpoint:
         return None, None, None, do_lower_case
-    src = Path(init_checkpoint)
-    if src.is_dir() and list_checkpoints(src):  # a training output folder: its newest checkpoint
-        found = latest_checkpoint(src)
-        if found is None:
-            raise BertkitError(f"--init_checkpoint: {src} holds no valid checkpoint")
-        src = found
     work = tempfile.mkdtemp(prefix="bertkit-init-")  # a zip unpacks here; its vocab is used all run
     atexit.register(shutil.rmtree, work, True)
-    return read_any(src, work)
+    return read_any(init_checkpoint, work)
 
 
 @dataclass
@@ -233,6 +228,7 @@ class StartingModel:
     state: dict | None
     vocab_file: Path
     lowercase: bool
+    task: TaskRecord | None = None  # the task record of a fine-tuned --init_checkpoint
 
 
 def resolve_model(m: ModelSettings, max_seq_length: int, more_vocabs: tuple[Path | None, ...] = ()
@@ -260,7 +256,8 @@ def resolve_model(m: ModelSettings, max_seq_length: int, more_vocabs: tuple[Path
     if max_seq_length > config.max_position_embeddings:
         raise BertkitError(f"--max_seq_length {max_seq_length} exceeds the model's "
                            f"max_position_embeddings {config.max_position_embeddings}")
-    return StartingModel(config, state, vocab_file, lowercase)
+    return StartingModel(config, state, vocab_file, lowercase,
+                         read_task(m.init_checkpoint) if m.init_checkpoint else None)
 
 
 def open_log(output_dir: Path, dllog_path: str | None, d: Dist, total_steps: int, desc: str,

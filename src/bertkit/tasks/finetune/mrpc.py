@@ -23,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bertkit import BertkitError
 from bertkit.flags import ArgumentParser, flag, parse_bool
 from bertkit.io import write_atomic, write_json
 from bertkit.model import BertForSequenceClassification
+from bertkit.task_record import TaskRecord
 from bertkit.tasks.finetune import mrpc_data as mrpc
 from bertkit.tasks.finetune import runner as ft
+from bertkit.tasks.finetune.classification import (classification_loss, cross_entropy, logit_rows,
+                                                   write_google_eval_results)
 from bertkit.tasks.common import run_command
 from bertkit.train import StopFlag, infer
 
@@ -60,25 +62,10 @@ def main(argv: list[str]) -> int:
     return run_command(lambda stop: run(args, fs, stop), fs.run.output_dir)
 
 
-def classification_loss(model, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"])  # (B, 2)
-    loss = F.cross_entropy(logits.float(), b["labels"])
-    with torch.no_grad():
-        acc = (logits.argmax(-1) == b["labels"]).float().mean()
-    return loss, {"accuracy": acc}
-
-
-def logit_rows(model, b: dict) -> list[np.ndarray]:
-    logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"])  # (B, 2)
-    return list(logits.float().cpu().numpy())
-
-
 def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy, F1 (and precision, recall) of the paraphrase class, mean cross-entropy."""
-    logp = logits - np.logaddexp(logits[:, 0], logits[:, 1])[:, None]  # (N, 2) log-probabilities
-    predictions = logits.argmax(-1)
-    result = mrpc.metrics(predictions.tolist(), labels.tolist())
-    return {**result, "loss": float(-logp[np.arange(len(labels)), labels].mean()), "examples": len(labels)}
+    result = mrpc.metrics(logits.argmax(-1).tolist(), labels.tolist())
+    return {**result, "loss": cross_entropy(logits, labels), "examples": len(labels)}
 
 
 def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
@@ -115,8 +102,10 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
     if args.do_train:
         run_id = ft.run_id(s, {"train_file": files["train"]})
         eval_fn = (lambda m: dev_scores(m)[1]) if args.eval_every else None
+        task = TaskRecord("mrpc", "sequence_classification", labels=("0", "1"), max_seq_length=fs.max_seq_length,
+                          text_column="#1 String", text_pair_column="#2 String", label_column="Quality")
         net, summary = ft.train(model, features["train"], collate, classification_loss, len(features["train"]),
-                                s, run_id, stop, eval_fn, args.eval_every)
+                                s, run_id, stop, eval_fn, args.eval_every, task=task)
         if d.is_main:
             write_json(out / "train_results.json", summary)
     else:
@@ -128,6 +117,7 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
             out.mkdir(parents=True, exist_ok=True)
             write_eval_predictions(out / "eval_predictions.tsv", examples["dev"], logits)
             write_json(out / "eval_results.json", results)
+            # Google's four keys: eval_accuracy, eval_loss, global_step, loss
             write_google_eval_results(out / "eval_results.txt", results, summary["steps"] if args.do_train else 0)
     if args.do_predict:
         logits = np.stack(infer(net, features["test"], collate, logit_rows, fs.eval_batch_size, d,
@@ -138,17 +128,6 @@ def run(args, fs: ft.FinetuneSettings, stop: StopFlag) -> int:
     if d.is_main:
         print(json.dumps(results))
     return 0
-
-
-def write_google_eval_results(path: Path, results: dict, global_step: int) -> None:
-    """Google's run_classifier.py eval_results.txt, which scripts written for the seed read: sorted
-    `key = value` lines of eval_accuracy, eval_loss (mean cross-entropy per pair), global_step (the
-    steps trained in this run; 0 when only evaluating) and loss. (The Estimator's `loss` is the mean
-    of its batches' losses; bertkit's evaluation batches are cut by length, so it is the same mean
-    per pair here.)"""
-    google = {"eval_accuracy": results["accuracy"], "eval_loss": results["loss"], "global_step": global_step,
-              "loss": results["loss"]}
-    write_atomic(path, "".join(f"{k} = {v}\n" for k, v in sorted(google.items())).encode())
 
 
 def write_eval_predictions(path: Path, examples, logits: np.ndarray) -> None:

@@ -19,7 +19,7 @@ import torch
 from bertkit import BertkitError
 from bertkit.fetch import fetch
 from bertkit.io import read_text, write_atomic
-from bertkit.tasks.finetune.batching import pad_rows
+from bertkit.tasks.finetune import classification
 from bertkit.tokenizer import truncate_seq_pair
 
 COLUMNS = ("#1 ID", "#2 ID", "#1 String", "#2 String")  # after the first column (Quality or index)
@@ -185,19 +185,8 @@ def make_features(examples: Sequence[MrpcExample], tokenizer, max_seq_length: in
 def collate(features: Sequence[PairFeature], pad_id: int = 0,
             pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
     """A batch padded to its own longest sequence: input_ids, token_type_ids, attention_mask
-    (B, T) int64, and labels (B,) int64 when every feature has one."""
-    ids = pad_rows([f.input_ids for f in features], pad_id, pad_to_multiple_of)  # (B, T)
-    batch = {
-        "input_ids": ids,
-        "token_type_ids": pad_rows([f.token_type_ids for f in features], 0, pad_to_multiple_of),  # (B, T)
-        "attention_mask": pad_rows([[1] * len(f.input_ids) for f in features], 0, pad_to_multiple_of),  # (B, T)
-    }
-    labels = [f.label for f in features]
-    if all(label is not None for label in labels):
-        batch["labels"] = torch.tensor(labels, dtype=torch.int64)  # (B,)
-    elif any(label is not None for label in labels):
-        raise ValueError("a batch mixes labelled and unlabelled examples")
-    return batch
+    (B, T) int64, and labels (B,) int64 when every feature has one (classification.collate)."""
+    return classification.collate(features, pad_id, pad_to_multiple_of)
 
 
 # ---- metrics and output -----------------------------------------------------------------------
@@ -221,7 +210,4 @@ def metrics(predictions: Sequence[int], labels: Sequence[int]) -> dict[str, floa
 def write_predictions(path: str | os.PathLike, examples: Sequence[MrpcExample],
                       predictions: Sequence[int]) -> None:
     """GLUE's submission format: a header `index<TAB>prediction`, then one row per example."""
-    if len(examples) != len(predictions):
-        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
-    lines = ["index\tprediction"] + [f"{ex.guid}\t{int(p)}" for ex, p in zip(examples, predictions)]
-    write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    classification.write_submission(Path(path), [ex.guid for ex in examples], [str(int(p)) for p in predictions])

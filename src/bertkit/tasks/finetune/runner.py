@@ -22,6 +22,7 @@ from bertkit.flags import flag, parse_bool
 from bertkit.optim import WarmupPolyDecay, long_warmup_note, make_finetune_optimizer
 from bertkit.ranks import env_ranks
 from bertkit.stream import Stream
+from bertkit.task_record import TaskRecord
 from bertkit.tasks.common import (ModelSettings, RunSettings, add_run_flags, open_log, resolve_model,
                                   settings_record, start_or_resume)
 from bertkit.tasks.finetune.batching import length_grouped_order
@@ -30,10 +31,12 @@ from bertkit.tokenizer import WordPiece
 from bertkit.train import CheckpointManager, LoopConfig, StopFlag, fit
 
 
-def add_flags(p, task: str, max_seq_length: int) -> None:
-    """The flags MRPC and SQuAD share: the seed's names, in snake_case or kebab-case."""
+def add_flags(p, task: str, max_seq_length: int, task_name: bool = True) -> None:
+    """The flags every fine-tuning task shares: the seed's names, in snake_case or kebab-case.
+    `task` picks the recipe the help quotes; `task_name=False` leaves --task_name to the command."""
     g = GOOGLE[task]
-    flag(p, "task_name", default=task, help="The task (the seed's run_classifier.py flag): MRPC or squad.")
+    if task_name:
+        flag(p, "task_name", default=task, help="The task (the seed's run_classifier.py flag): MRPC or squad.")
     flag(p, "init_checkpoint", default=None, help=(
         "Start from these weights: a bertkit checkpoint folder, a training output folder (its newest "
         "checkpoint; OUTPUT_DIR/model.ckpt-N for step N), a Google checkpoint (zip, folder or prefix "
@@ -81,11 +84,11 @@ def add_flags(p, task: str, max_seq_length: int) -> None:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """What MRPC and SQuAD fine-tuning share, from the flags `add_flags` adds (same names, see their
+    """What every fine-tuning task shares, from the flags `add_flags` adds (same names, see their
     help), checked before any work starts. The optimisation settings left None take the recipe
     (`resolved`); the resolved settings are recorded in OUTPUT_DIR/run.json."""
 
-    task: str  # mrpc or squad
+    task: str  # mrpc, squad, a GLUE task (cola, sst2, ..., xnli), classify or ner
     max_seq_length: int
     train_batch_size: int | None
     eval_batch_size: int
@@ -121,11 +124,14 @@ class FinetuneSettings:
 
     @classmethod
     def from_args(cls, args, task: str) -> FinetuneSettings:
-        """The settings of a task's parsed flags; `task` as the messages name it (MRPC, SQuAD)."""
-        if args.task_name.lower() != task.lower():
-            raise BertkitError(f"--task_name={args.task_name}: this command fine-tunes {task}")
+        """The settings of a task's parsed flags; `task` as the messages name it (MRPC, SQuAD, SST-2).
+        The task's name is bertkit's: lower case, no hyphen (sst2)."""
+        named = getattr(args, "task_name", task)
+        if named.lower().replace("-", "") != task.lower().replace("-", ""):
+            raise BertkitError(f"--task_name={named}: this command fine-tunes {task}")
         own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("task", "model", "run")}
-        return cls(task.lower(), **own, model=ModelSettings.from_args(args), run=RunSettings.from_args(args))
+        return cls(task.lower().replace("-", ""), **own, model=ModelSettings.from_args(args),
+                   run=RunSettings.from_args(args))
 
     def resolved(self, config: BertConfig, log: Callable[[str], None]) -> FinetuneSettings:
         """These settings with the recipe's values where they were left unset."""
@@ -147,6 +153,7 @@ class Setup:
     vocab_file: Path
     lowercase: bool
     tokenizer: WordPiece
+    init_task: TaskRecord | None = None  # the task record of a fine-tuned --init_checkpoint
 
 
 def setup(fs: FinetuneSettings, log=say) -> Setup:
@@ -156,7 +163,8 @@ def setup(fs: FinetuneSettings, log=say) -> Setup:
         log("warning: no --init_checkpoint: fine-tuning starts from random weights")
     fs = fs.resolved(m.config, log)
     d = init(fs.run.device, tf32=fs.run.tf32)
-    return Setup(d, fs, m.config, m.state, m.vocab_file, m.lowercase, WordPiece(m.vocab_file, lowercase=m.lowercase))
+    return Setup(d, fs, m.config, m.state, m.vocab_file, m.lowercase, WordPiece(m.vocab_file, lowercase=m.lowercase),
+                 m.task)
 
 
 def build(model: nn.Module, st: Setup, log=say) -> nn.Module:
@@ -191,12 +199,12 @@ def train_steps(num_examples: int, global_batch: int, epochs: float) -> int:
 
 
 def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Callable, num_examples: int,
-          st: Setup, run: dict, stop: StopFlag, eval_fn: Callable | None = None, eval_every: int = 0
-          ) -> tuple[nn.Module, dict]:
+          st: Setup, run: dict, stop: StopFlag, eval_fn: Callable | None = None, eval_every: int = 0,
+          task: TaskRecord | None = None) -> tuple[nn.Module, dict]:
     """Fine-tune `model` on `features` (a list the collate function batches) with the one training
-    loop; the checkpoint at the end goes to --output_dir. With `eval_fn`, the model is also scored
-    every `eval_every` steps (into the log). Returns the model (wrapped for the processes) and a
-    summary: steps, seconds spent training, the last logged record."""
+    loop; the checkpoint at the end goes to --output_dir, with `task` as its task.json. With
+    `eval_fn`, the model is also scored every `eval_every` steps (into the log). Returns the model
+    (wrapped for the processes) and a summary: steps, seconds spent training, the last logged record."""
     d, fs, rs = st.d, st.settings, st.settings.run
     global_batch = fs.train_batch_size * d.world_size
     steps = train_steps(num_examples, global_batch, fs.num_train_epochs)
@@ -206,7 +214,7 @@ def train(model: nn.Module, features: Sequence, collate: Callable, loss_fn: Call
     warmup = int(steps * fs.warmup_proportion)
     log = open_log(rs.output_dir, rs.dllog_path, d, steps, f"finetune {fs.task}", parameters=settings_record(fs))
     ckpt = CheckpointManager(rs.output_dir, st.config, st.vocab_file, st.lowercase, run, fs.save_checkpoints_steps,
-                             rs.keep_checkpoints)
+                             rs.keep_checkpoints, task)
     optimizer, start, scaler_state = start_or_resume(
         model, lambda m: make_finetune_optimizer(m, fs.learning_rate, fs.weight_decay, fs.layerwise_lr_decay),
         ckpt, fs, d, log)
