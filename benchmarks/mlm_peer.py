@@ -6,7 +6,7 @@ transformers run_mlm.py user runs it, in a plain PyTorch loop.
 The peer follows run_mlm.py and the Trainer's defaults: every line of the training text tokenized
 with [CLS]/[SEP] (empty lines too), concatenated and cut into 128-token blocks (group_texts, the
 remainder dropped), DataCollatorForLanguageModeling (15%, 80/10/10, new masks every batch),
-BertForMaskedLM, AdamW (lr as given, betas 0.9/0.999, eps 1e-8, weight decay 0), a linear schedule to
+BertForMaskedLM, torch's fused AdamW (lr as given, betas 0.9/0.999, eps 1e-8, weight decay 0), a linear schedule to
 0 over the planned steps without warm-up, gradients clipped to 1.0, batch 32, fp32.
 """
 
@@ -128,8 +128,10 @@ def run_peer(job: dict) -> dict:
     ev = load_eval(Path(job["eval_dir"])) if job.get("eval_every") else None
     model = BertForMaskedLM.from_pretrained(job["model_dir"])  # MiniLM has no MLM head: it starts fresh
     model.train()
-    # the Trainer's defaults: weight decay 0 (so its no-decay groups change nothing), eps 1e-8
-    opt = torch.optim.AdamW(model.parameters(), lr=job["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    # the Trainer's defaults: torch's fused AdamW with torch >= 2.8 (adamw_torch_fused), weight decay 0
+    # (so its no-decay groups change nothing), eps 1e-8
+    opt = torch.optim.AdamW(model.parameters(), lr=job["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                            fused=True)
     sched = get_linear_schedule_with_warmup(opt, 0, job["steps"])
     collator = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
     loader = torch.utils.data.DataLoader(blocks, batch_size=32, shuffle=True, collate_fn=collator,

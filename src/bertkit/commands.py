@@ -14,5 +14,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("bertkit.predict", "label new text with a fine-tuned classifier or tagger (JSON Lines out)"),
     "squad-eval": ("bertkit.tasks.finetune.squad_metric", "score SQuAD predictions with the official definitions"),
     "demo": ("bertkit.launcher", "the seed's demo_bert.py interface: one card to many servers"),
-    "plot": ("bertkit.plot", "plot the loss curve of a training log"),
+    "plot": ("bertkit.plot", "plot a training log: losses and held-out accuracy against steps and seconds"),
 }
