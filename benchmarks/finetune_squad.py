@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
 import subprocess
 import sys
@@ -218,7 +217,6 @@ def peer_squad(model_dir: str, train_path: str, eval_path: str, out: str, lr: fl
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(Path(out) / "model")
     tok.save_pretrained(Path(out) / "model")
-    shutil.copy(Path(model_dir) / "vocab.txt", Path(out) / "model")  # transformers 5 saves tokenizer.json only
     ev = questions(Path(eval_path))
     predictions = peer_predict(model, tok, ev, max_seq_length, doc_stride, n_best, max_answer_length)
     (Path(out) / "predictions.json").write_text(json.dumps(predictions, ensure_ascii=False))
@@ -258,6 +256,17 @@ def run_logged(cmd: list[str], log: Path) -> None:
 
 
 def ours_job(a, model_dir: Path, train: Path, ev: Path, out: Path, seed: int, flags: list[str]) -> dict:
+    done = (out / "train_results.json").is_file() and (not a.cross or (out / "by_peer" / "predictions.json").is_file())
+    if not (a.reuse and done):
+        ours_train(a, model_dir, train, ev, out, seed, flags)
+    tr = json.loads((out / "train_results.json").read_text())
+    r = {"steps": tr["steps"], "train_seconds": tr["train_seconds"], **squad_eval(ev, out / "predictions.json")}
+    if a.cross:
+        r["through_peer"] = squad_eval(ev, out / "by_peer" / "predictions.json")
+    return r
+
+
+def ours_train(a, model_dir: Path, train: Path, ev: Path, out: Path, seed: int, flags: list[str]) -> None:
     run_logged(bertkit(
         "finetune", "squad", "--train_file", str(train), "--predict_file", str(ev), "--do_predict",
         "--init_checkpoint", str(model_dir), "--output_dir", str(out), "--learning_rate", str(a.lr),
@@ -267,16 +276,11 @@ def ours_job(a, model_dir: Path, train: Path, ev: Path, out: Path, seed: int, fl
         "--n_best_size", str(a.n_best), "--max_answer_length", str(a.max_answer_length),
         "--precision", "fp32", "--seed", str(seed), "--device", "cpu", "--overwrite", "--noresume",
         "--log_every", "50", *flags), out.with_suffix(".log"))
-    tr = json.loads((out / "train_results.json").read_text())
-    r = {"steps": tr["steps"], "train_seconds": tr["train_seconds"], **squad_eval(ev, out / "predictions.json")}
     if a.cross:  # our weights through the peer's windows and post-processing
         hf = out / "hf"
-        ckpt = max(out.glob("ckpt-*"))
-        run_logged(bertkit("convert", "--input", str(ckpt), "--output", str(hf), "--format", "hf", "--overwrite"),
+        run_logged(bertkit("convert", "--input", str(out), "--output", str(hf), "--format", "hf", "--overwrite"),
                    out.with_suffix(".convert.log"))
         peer_cmd(a, "answer", model_dir=str(hf), eval_path=str(ev), out=str(out / "by_peer"))
-        r["through_peer"] = squad_eval(ev, out / "by_peer" / "predictions.json")
-    return r
 
 
 def peer_cmd(a, what: str, **kw) -> dict:
@@ -289,16 +293,21 @@ def peer_cmd(a, what: str, **kw) -> dict:
 
 
 def peer_job(a, model_dir: Path, train: Path, ev: Path, out: Path, seed: int) -> dict:
-    r = peer_cmd(a, "train", model_dir=str(model_dir), train_path=str(train), eval_path=str(ev), out=str(out),
-                 seed=seed)
+    by_ours = out / "by_ours"
+    if a.reuse and (out / "peer.json").is_file():
+        r = json.loads((out / "peer.json").read_text())
+    else:
+        r = peer_cmd(a, "train", model_dir=str(model_dir), train_path=str(train), eval_path=str(ev), out=str(out),
+                     seed=seed)
     r.update(squad_eval(ev, out / "predictions.json"))
-    if a.cross:  # the peer's weights through bertkit's windows and post-processing
-        by_ours = out / "by_ours"
+    if a.cross and not (a.reuse and (by_ours / "predictions.json").is_file()):
+        # the peer's weights through bertkit's windows and post-processing
         run_logged(bertkit("finetune", "squad", "--do_train=false", "--predict_file", str(ev), "--do_predict",
                            "--init_checkpoint", str(out / "model"), "--output_dir", str(by_ours),
                            "--max_seq_length", str(a.max_seq_length), "--doc_stride", str(a.doc_stride),
                            "--n_best_size", str(a.n_best), "--max_answer_length", str(a.max_answer_length),
                            "--device", "cpu", "--overwrite"), by_ours.with_suffix(".log"))
+    if a.cross:
         r["through_ours"] = squad_eval(ev, by_ours / "predictions.json")
     return r
 
@@ -341,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME=FLAGS: also run bertkit with these flags, e.g. 'random=--group_by_length=false'.")
     p.add_argument("--cross", action="store_true", help="Also answer with each side's weights through the other's pipeline.")
     p.add_argument("--workdir", default=None, help="Keep outputs and logs here (default: a temporary folder).")
+    p.add_argument("--reuse", action="store_true", help=(
+        "Score the runs already finished in --workdir (same settings) instead of running them again."))
     p.add_argument("--json", default=None, help="Write the results here.")
     a = p.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]

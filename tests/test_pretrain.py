@@ -213,6 +213,9 @@ def test_bad_flags_and_foreign_output_dir(dataset, tmp_path, capsys):
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--learning_rate=5e-4"]) == 2
     assert "another run" in capsys.readouterr().err
     assert cli(["pretrain", *args(dataset, tmp_path, steps=2), "--learning_rate=5e-4", "--overwrite"]) == 0
+    # the log holds the run that replaced the other, not both
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]  # before: [2, 1, 2]
 
 
 def test_continued_pretraining_recipe_applies_only_without_a_learning_rate(dataset, tmp_path, capsys):

@@ -160,8 +160,9 @@ def fp32_patterns(path: str | None, precision: str) -> tuple[str, ...]:
 
 def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: bool, is_main: bool,
                        log=print) -> Path | None:
-    """Return the checkpoint to resume from, or None to start fresh. Checkpoints of a different run
-    (or any run, with --noresume) are refused unless --overwrite, which deletes them."""
+    """Return the checkpoint to resume from, or None to start fresh (log.jsonl then starts empty).
+    Checkpoints of a different run (or any run, with --noresume) are refused unless --overwrite,
+    which deletes them."""
     existing = list_checkpoints(output_dir)
     if existing:
         saved = _saved_run(output_dir)
@@ -186,6 +187,11 @@ def prepare_output_dir(output_dir: Path, run: dict, resume: bool, overwrite: boo
             log(f"--overwrite: deleted {len(existing)} checkpoint(s) in {output_dir}")
     if is_main:
         write_json(Path(output_dir) / "run.json", run, sort_keys=True)
+        log_file = Path(output_dir) / "log.jsonl"
+        if log_file.is_file():
+            # A fresh start logs from step 0: records of a run overwritten or never checkpointed go.
+            # (The run's log is open for appending, so its next record lands at the new end.)
+            os.truncate(log_file, 0)
     return None
 
 
