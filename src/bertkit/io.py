@@ -117,16 +117,23 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def read_text(path: str | os.PathLike, what: str = "", encoding: str = "utf-8") -> str:
-    """A text file's contents; a missing, unreadable or non-UTF-8 file is one BertkitError naming
-    the file (and the line of the first bad byte). `what` names the kind of file in the message."""
+def read_bytes(path: str | os.PathLike, what: str = "") -> bytes:
+    """A file's bytes; a missing or unreadable file is one BertkitError naming it. `what` names the
+    kind of file in the message."""
     kind = f"{what} " if what else ""
     try:
-        raw = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise BertkitError(f"{path}: no such {kind}file") from None
     except OSError as e:
         raise BertkitError(f"{path}: cannot read {kind}({e.strerror})") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "", encoding: str = "utf-8") -> str:
+    """A text file's contents; a missing, unreadable or non-UTF-8 file is one BertkitError naming
+    the file (and the line of the first bad byte). `what` names the kind of file in the message."""
+    kind = f"{what} " if what else ""
+    raw = read_bytes(path, what)
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:

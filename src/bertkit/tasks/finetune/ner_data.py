@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from bertkit import BertkitError
-from bertkit.io import write_atomic
+from bertkit.io import read_bytes, write_atomic
 from bertkit.tasks.finetune.batching import pad_rows
 from bertkit.tasks.finetune.ner_metric import SCHEMES, is_tag, scheme_evidence
 
@@ -71,12 +71,7 @@ def file_format(path: str | os.PathLike, given: str | None = None) -> str:
 def read_lines(path: str | os.PathLike) -> list[str]:
     """A UTF-8 file's lines without their ends (a byte order mark dropped); bytes that are not
     UTF-8 are one error naming the line and column."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BertkitError(f"{path}: no such file") from None
-    except OSError as e:
-        raise BertkitError(f"{path}: cannot read ({e.strerror})") from None
+    raw = read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

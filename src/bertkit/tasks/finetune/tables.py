@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bertkit import BertkitError
+from bertkit.io import read_bytes as file_bytes
 
 FORMATS = ("csv", "tsv", "jsonl", "txt")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
@@ -113,12 +114,8 @@ def bad_column(path: Path, text: str, fmt: str, header: Sequence[str] | None) ->
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BertkitError(f"{path}: no such file") from None
-    except OSError as e:
-        raise BertkitError(f"{path}: cannot read ({e.strerror})") from None
+    """A file's bytes, refusing a missing, unreadable or empty one."""
+    raw = file_bytes(path)
     if not raw.strip():
         raise BertkitError(f"{path}: empty file")
     return raw
