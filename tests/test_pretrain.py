@@ -234,14 +234,14 @@ def test_continued_pretraining_recipe_applies_only_without_a_learning_rate(datas
 
     err, settings, first = ran("recipe", *init)
     lines = [line for line in err.splitlines() if line.startswith("recipe (continued pretraining")]
-    assert len(lines) == 1 and "lamb learning rate 0.005 " in lines[0] and "warm-up 0 steps" in lines[0]
-    lr = 1e-2 * (8 / 32) ** 0.5  # the recipe: 1e-2 at a global batch of 32, by the square root of the batch
+    assert len(lines) == 1 and "lamb learning rate 0.001 " in lines[0] and "warm-up 0 steps" in lines[0]
+    lr = 2e-3 * (8 / 32) ** 0.5  # the recipe: 2e-3 at a global batch of 32, by the square root of the batch
     assert (settings["learning_rate"], settings["num_warmup_steps"], settings["schedule"]) == (
         pytest.approx(lr), 0, "continued-pretraining recipe")
     assert first["lr"] == pytest.approx(lr)  # the first step ran at the peak: no warm-up
     err, settings, _ = ran("adamw", *init, "--optimizer", "adamw", "--num_warmup_steps", "1")
-    assert "adamw learning rate 5e-05 " in err and "warm-up 1 steps (given)" in err
-    assert (settings["learning_rate"], settings["num_warmup_steps"]) == (pytest.approx(5e-5), 1)
+    assert "adamw learning rate 0.00015 " in err and "warm-up 1 steps (given)" in err
+    assert (settings["learning_rate"], settings["num_warmup_steps"]) == (pytest.approx(1.5e-4), 1)
 
     err, settings, first = ran("given", *init, "--learning_rate", "3e-3")
     assert "recipe" not in err and "warm-up (10000 steps) is longer than the run" in err
