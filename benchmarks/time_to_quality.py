@@ -1,8 +1,8 @@
 """Time to a held-out masked-LM accuracy: continued pretraining from real pretrained weights,
 `bertkit pretrain` against transformers as a run_mlm.py user runs it (mlm_peer.py), on WikiText-2.
 
-    python benchmarks/time_to_quality.py --budget_s 900 --parallel --ours default,no_nsp,mlm=0.3 \\
-        --peer_lrs 5e-5,1e-4,3e-4 --workdir runs/ttq --json ttq.json --png ttq.png
+    python benchmarks/time_to_quality.py --budget_s 900 --parallel --ours default,no_nsp,no_nsp:mlm=0.3 \\
+        --peer_lrs 5e-5,1e-4,3e-4 --points 30 --workdir runs/ttq --json ttq.json --png ttq.png
     python benchmarks/time_to_quality.py --model tiny --budget_s 30 --parallel --peer_lrs 1e-4   # mechanics only
 
 What it does, in order:
