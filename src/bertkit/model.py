@@ -25,19 +25,25 @@ def activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
+    """Dropout's draw on a CPU: a bool mask, True where an element is kept, and the kept elements'
+    scale. 32 random bits per element compared with p * 2**32, faster than torch's Bernoulli
+    sampling there (benchmarks/dropout.py): the same draw to within 2**-32 of p, from the same
+    seeded generator."""
+    n = shape.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2**63, None).view(torch.int32)[:n]
+    cut = round(p * 2**32)  # elements whose bits fall below cut - 2**31 are dropped
+    return bits.view(shape) >= cut - 2**31, 2**32 / (2**32 - cut)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout. On a CPU the mask comes from 32 random bits per element compared with p * 2**32,
-    faster than torch's Bernoulli sampling there (benchmarks/dropout.py): the same draw to within
-    2**-32 of p, from the same seeded generator. Elsewhere, torch's fused dropout."""
+    """F.dropout: on a CPU through keep_mask, elsewhere torch's fused dropout."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    n = x.numel()
-    bits = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2**63, None).view(torch.int32)[:n]
-    cut = round(p * 2**32)  # elements whose bits fall below cut - 2**31 are dropped
-    keep = bits.view(x.shape) >= cut - 2**31
-    return x * keep.to(x.dtype).mul_(2**32 / (2**32 - cut))  # a float mask, as torch's CPU dropout keeps
+    keep, scale = keep_mask(x.shape, p)
+    return x * keep.to(x.dtype).mul_(scale)
 
 
 class Dropout(nn.Module):
@@ -49,17 +55,40 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training)
 
 
+class DropThenAttend(torch.autograd.Function):
+    """dropout(w, p) @ v on a CPU, the same numbers as that chain through autograd, which would keep
+    for the backward pass a float mask and the dropped weights beside w: two more float
+    (B, nh, R, T) tensors a layer, 113 MB each at seq 384 and batch 16. This keeps a bool mask and
+    remakes the dropped weights when the gradient comes (w is kept by the softmax anyway)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+        keep, scale = keep_mask(w.shape, p)
+        ctx.save_for_backward(w, keep, v)
+        ctx.scale = scale
+        return (w * keep.to(w.dtype).mul_(scale)) @ v
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        w, keep, v = ctx.saved_tensors
+        # Under autocast the forward product ran in g's dtype: the backward's products do too.
+        mask = keep.to(w.dtype).mul_(ctx.scale)
+        grad_v = ((w * mask).to(g.dtype).transpose(-2, -1) @ g).to(v.dtype)
+        grad_w = (g @ v.to(g.dtype).transpose(-2, -1)).to(w.dtype).mul_(mask)
+        return grad_w, grad_v, None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
               p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs)) v over keys where `mask` is True, with dropout `p` on the weights.
-    Training on a CPU spells it out so the weights take the faster dropout above (torch's own
+    Training on a CPU spells it out so the weights take keep_mask's faster draw (torch's own
     fallback would sample Bernoulli); otherwise scaled_dot_product_attention's fused kernels."""
     if p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, R, T)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # [CLS] is never masked: no empty row
-    return dropout(scores.softmax(-1), p, True) @ v
+    return DropThenAttend.apply(scores.softmax(-1), v, p)
 
 
 class Embeddings(nn.Module):
