@@ -47,16 +47,9 @@ def pick_precision(name: str) -> str:
         return name
     import torch
 
+    from bertkit.distributed import cpu_has_amx
+
     return "bf16" if torch.cuda.is_available() or cpu_has_amx() else "fp32"
-
-
-def cpu_has_amx() -> bool:
-    import torch
-
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch: read the flags ourselves
-        return "amx_tile" in Path("/proc/cpuinfo").read_text()
 
 
 def read_tsv(path: Path) -> list[tuple[int, str, str]]:

@@ -92,6 +92,18 @@ def cpu_has_fast_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, where bf16 products ran 4-6x faster than fp32 here (with
+    AVX512-BF16 alone, about as fast: `cpu_has_fast_bf16` is then true, but bf16 buys no speed)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch: read the flags ourselves
+        try:
+            return "amx_tile" in open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+
+
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
